@@ -110,3 +110,31 @@ def pretty_dumps(obj: Any) -> str:
     A human-readable form for display only: indented, keys sorted, Unicode kept.
     """
     return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, default=_default)
+
+
+def parse_frames(
+    frames: list[bytes], max_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> tuple[str, dict[str, Any]]:
+    """
+    Check a received zmq message and return C{(topic, envelope)}.
+
+    A fedmsg message is exactly two frames, C{[topic, json]}; the JSON is an
+    object whose C{topic} (when present) equals the first frame and which has a
+    C{msg}.  Anything else raises L{DecodeError}.
+    """
+    if len(frames) != 2:
+        raise DecodeError("bad-frames", f"{len(frames)} frames, expected 2")
+    raw_topic, body = frames
+    try:
+        topic = raw_topic.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DecodeError("not-utf8", f"topic frame: {e}") from None
+    envelope = decode_body(body, max_size)
+    if "msg" not in envelope:
+        raise DecodeError("not-an-envelope", "no 'msg' field")
+    env_topic = envelope.get("topic", topic)
+    if env_topic != topic:
+        raise DecodeError(
+            "topic-mismatch", f"frame topic {topic!r} != envelope topic {env_topic!r}"
+        )
+    return topic, envelope

@@ -1,0 +1,3 @@
+"""
+The shell tools: C{fedmsg-logger} and C{fedmsg-tail}.
+"""

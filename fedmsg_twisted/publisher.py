@@ -1,0 +1,260 @@
+# -*- test-case-name: tests.test_publisher -*-
+"""
+The publisher service: what an application adds to its MultiService to put
+messages on the bus.
+
+Two modes, as in fedmsg:
+  - I{passive} (default): bind the first free address of C{endpoints[name]}
+    and let subscribers connect;
+  - I{active} (C{active = true}): connect to the relay's C{relay_inbound}.
+
+The slow joiner
+===============
+A zmq PUB socket drops every message published before a subscriber has
+finished subscribing.  fedmsg slept C{post_init_sleep} seconds after start and
+hoped.  Our publisher socket is an XPUB, which I{sees} subscriptions arrive,
+so we hold messages until the first subscription arrives, and only as a last
+resort until C{post_init_sleep} has passed.  A publisher whose subscriber is
+already there pays no delay at all; one whose subscriber is late loses nothing
+as long as it joins within C{post_init_sleep}.
+
+In active mode the one subscriber is the relay, and it matters more: while the
+relay's subscription is absent (not started yet, restarting) messages are held
+in a bounded queue (C{publish_queue_size}) and released when it comes back.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import Any, Mapping
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from fedmsg_twisted import encoding
+from fedmsg_twisted.envelope import Envelopes
+from fedmsg_twisted.stats import Counters
+
+log = Logger(namespace="fedmsg_twisted.publisher")
+
+__all__ = ["PublisherService", "PublishError", "default_name"]
+
+#: Messages held while no subscriber (the relay, in active mode) is present.
+DEFAULT_QUEUE_SIZE = 10000
+
+
+class PublishError(RuntimeError):
+    """
+    A message could not be handed to the bus.
+    """
+
+
+def default_name(config: Mapping[str, Any]) -> str | None:
+    """
+    The service name a publisher binds under, if the config gives one.
+    """
+    return config.get("name")
+
+
+class PublisherService(Service):
+    """
+    Publishes fedmsg envelopes from reactor code.
+
+    @ivar counters: C{published}, C{held}, C{dropped} by reason.
+    @ivar address: the address bound (passive) or connected to (active).
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        *,
+        name: str | None = None,
+        signer: Any = None,
+        reactor: Any = None,
+        factory: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor  # noqa: F811
+        self.config = config
+        self.name = name if name is not None else default_name(config)
+        self.active = bool(config["active"]) or self.name is None or self.name == "relay_inbound"
+        self.signer = signer
+        self._reactor = reactor
+        self._factory = factory
+        self._envelopes = Envelopes(config)
+        self._queue: deque[tuple[list[bytes], defer.Deferred, dict]] = deque()
+        self._queue_size = int(config.get("publish_queue_size", DEFAULT_QUEUE_SIZE))
+        self._socket = None
+        self._startup_timer = None
+        self._released = False
+        self.counters = Counters()
+        self.address: str | None = None
+
+    # -- IService -------------------------------------------------------------
+
+    def startService(self) -> None:
+        from fedmsg_twisted import zmq as fzmq
+
+        factory = self._factory or fzmq.shared_factory(self.config["io_threads"])
+        sock = fzmq.PubSocket(
+            factory,
+            options=fzmq.publisher_options(self.config),
+            on_subscription=self._subscription_changed,
+        )
+        try:
+            if self.active:
+                self.address = self.config["relay_inbound"][0]
+                fzmq.connect(sock, self.address)
+            else:
+                addresses = self.config["endpoints"].get(self.name)
+                if not addresses:
+                    raise fzmq.BindError(f"endpoints has no entry {self.name!r} to bind")
+                self.address = fzmq.bind_first(
+                    sock, addresses, self.config.get("bind_all_interfaces", False)
+                )
+        except Exception:
+            sock.close()
+            raise
+        self._socket = sock
+        super().startService()
+        self._released = False
+        self._startup_timer = self._reactor.callLater(
+            self.config["post_init_sleep"], self._startup_wait_over
+        )
+        log.info(
+            "Publisher {mode} {address} (name {name})",
+            mode="connected to" if self.active else "bound to",
+            address=self.address,
+            name=self.name,
+        )
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        if self._startup_timer is not None and self._startup_timer.active():
+            self._startup_timer.cancel()
+        self._startup_timer = None
+        # Whatever is still held has been waiting for a subscriber that never
+        # came; sending it into a socket that closes loses it all the same.
+        while self._queue:
+            _, d, _ = self._queue.popleft()
+            self.counters.incr("dropped", "stopped")
+            d.errback(PublishError("publisher stopped before a subscriber joined"))
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        return defer.succeed(None)
+
+    # -- publishing -------------------------------------------------------------
+
+    def publish(
+        self, topic: str | None = None, msg: Any = None, modname: str | None = None
+    ) -> defer.Deferred:
+        """
+        Build, sign (if configured) and send one message.
+
+        @return: a Deferred firing with the envelope once zmq has it, or
+            failing with L{PublishError}.
+        """
+        envelope = self._envelopes.make(topic=topic, msg=msg, modname=modname)
+        if self.signer is None:
+            return self.publish_envelope(envelope)
+        d = defer.maybeDeferred(self._sign, envelope)
+        d.addCallback(self.publish_envelope)
+        return d
+
+    def _sign(self, envelope: dict) -> Any:
+        sign_async = getattr(self.signer, "sign_async", None)
+        if sign_async is not None:
+            return sign_async(envelope)
+        return self.signer.sign(envelope)
+
+    def publish_envelope(self, envelope: Mapping[str, Any]) -> defer.Deferred:
+        """
+        Send an envelope that is already complete (and maybe signed).
+        """
+        try:
+            body = encoding.dumps_bytes(envelope)
+        except (TypeError, ValueError) as e:
+            return defer.fail(PublishError(f"message is not JSON-serialisable: {e}"))
+        return self.publish_frames([envelope["topic"].encode("utf-8"), body], envelope)
+
+    def publish_frames(self, frames: list[bytes], envelope: Any = None) -> defer.Deferred:
+        """
+        Send raw C{[topic, body]} frames (the relay and gateway forward bytes).
+        """
+        if self._socket is None:
+            return defer.fail(PublishError("publisher is not running"))
+        if self._must_hold():
+            return self._hold(frames, envelope)
+        if self._socket.send_frames(frames):
+            self.counters.incr("published")
+            return defer.succeed(envelope)
+        self.counters.incr("dropped", "high-water-mark")
+        return defer.fail(PublishError("zmq high-water mark reached; message dropped"))
+
+    # -- holding while no subscriber is there ------------------------------------
+
+    def _must_hold(self) -> bool:
+        if self._queue:
+            return True  # keep order behind what is already held
+        if self._socket.has_subscriber():
+            return False
+        # Passive: only the start-up window.  Active: the relay must be there.
+        return self.active or not self._released
+
+    def _hold(self, frames: list[bytes], envelope: Any) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        if len(self._queue) >= self._queue_size:
+            _, old, _ = self._queue.popleft()
+            self.counters.incr("dropped", "queue-full")
+            old.errback(PublishError("publish queue full while waiting for a subscriber"))
+        self._queue.append((frames, d, envelope))
+        self.counters.incr("held")
+        return d
+
+    def _flush(self) -> None:
+        while self._queue and self._socket is not None:
+            frames, d, envelope = self._queue.popleft()
+            if self._socket.send_frames(frames):
+                self.counters.incr("published")
+                d.callback(envelope)
+            else:
+                self.counters.incr("dropped", "high-water-mark")
+                d.errback(PublishError("zmq high-water mark reached; message dropped"))
+
+    def _subscription_changed(self, prefix: bytes, subscribed: bool) -> None:
+        if subscribed:
+            self._released = True
+            # Let zmq finish attaching the pipe before the burst goes out.
+            self._reactor.callLater(0, self._flush)
+        elif self.active and not self._socket.has_subscriber():
+            log.warn("Relay {address} went away; holding messages until it is back", address=self.address)
+
+    def _startup_wait_over(self) -> None:
+        self._startup_timer = None
+        self._released = True
+        if self.active:
+            if self._queue:
+                log.warn(
+                    "No relay at {address} after {s}s; holding {n} messages until it subscribes",
+                    address=self.address,
+                    s=self.config["post_init_sleep"],
+                    n=len(self._queue),
+                )
+            return
+        if self._queue:
+            log.info(
+                "No subscriber after {s}s; sending {n} held messages anyway",
+                s=self.config["post_init_sleep"],
+                n=len(self._queue),
+            )
+        self._flush()
+
+    def has_subscriber(self) -> bool:
+        return self._socket is not None and self._socket.has_subscriber()
+
+
+def hostname() -> str:
+    return socket.gethostname().split(".")[0]

@@ -1,0 +1,202 @@
+# -*- test-case-name: tests.test_relay -*-
+"""
+The relay: many publishers in, one stream out.
+
+Active publishers (fedmsg-logger, services behind a firewall) connect to the
+relay's inbound SUB sockets; subscribers connect to its outbound PUB.  Unlike
+fedmsg's relay, which re-serialised every body, we forward the I{original
+bytes}: a signature that was valid going in is valid coming out, byte for byte.
+
+Every message is checked before it goes out (frames, size, JSON envelope; with
+C{relay_validate}, the signature): garbage is dropped, counted and logged, and
+the relay keeps going.  Extra inbound sources (the HTTPS push endpoint) call
+L{RelayService.inject}; extra outbound sinks (the archive) register with
+L{RelayService.add_sink}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from fedmsg_twisted import encoding
+from fedmsg_twisted.stats import Counters
+
+log = Logger(namespace="fedmsg_twisted.relay")
+
+__all__ = ["RelayService"]
+
+Sink = Callable[[str, bytes, dict], Any]
+
+
+class RelayService(Service):
+    """
+    Binds C{relay_inbound} (SUB) and C{endpoints["relay_outbound"]} (PUB) and
+    forwards what is valid, unchanged.
+
+    @ivar counters: C{received}, C{forwarded}, C{dropped} by reason,
+        C{rejected} by reason.
+    @ivar inbound: the addresses bound for publishers.
+    @ivar outbound: the address bound for subscribers.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        *,
+        validator: Any = None,
+        reactor: Any = None,
+        factory: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor  # noqa: F811
+        self.config = config
+        self.validator = validator
+        self._reactor = reactor
+        self._factory = factory
+        self._in = None
+        self._out = None
+        self._sinks: list[Sink] = []
+        self._max_size = config["max_message_size"]
+        self.counters = Counters()
+        self.inbound: list[str] = []
+        self.outbound: str | None = None
+        self.last_message_at: float | None = None
+
+    def startService(self) -> None:
+        from fedmsg_twisted import zmq as fzmq
+
+        outbound = self.config["endpoints"].get("relay_outbound")
+        if not outbound:
+            raise fzmq.BindError("endpoints has no 'relay_outbound' addresses for the relay to bind")
+        factory = self._factory or fzmq.shared_factory(self.config["io_threads"])
+        all_ifaces = self.config.get("bind_all_interfaces", False)
+        out = fzmq.PubSocket(factory, options=fzmq.publisher_options(self.config))
+        inn = fzmq.SubSocket(factory, self._inbound_frames, ("",), fzmq.subscriber_options(self.config))
+        try:
+            self.outbound = fzmq.bind_first(out, outbound, all_ifaces)
+            self.inbound = fzmq.bind_all(inn, self.config["relay_inbound"], all_ifaces)
+        except Exception:
+            out.close()
+            inn.close()
+            raise
+        self._out, self._in = out, inn
+        super().startService()
+        log.info(
+            "Relay forwarding {inbound} -> {outbound}",
+            inbound=", ".join(self.inbound),
+            outbound=self.outbound,
+        )
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        for sock in (self._in, self._out):
+            if sock is not None:
+                sock.close()
+        self._in = self._out = None
+        return defer.succeed(None)
+
+    def add_sink(self, sink: Sink) -> None:
+        """
+        Call C{sink(topic, body, envelope)} for every message forwarded.
+        """
+        self._sinks.append(sink)
+
+    # -- the forwarding path -------------------------------------------------------
+
+    def _inbound_frames(self, frames: list[bytes]) -> None:
+        # The hot path: no Deferred unless validation needs one.
+        checked = self._check(frames, "zmq")
+        if checked is None:
+            return
+        topic, envelope = checked
+        if self._validating():
+            d = defer.maybeDeferred(self.validator.validate_async, envelope)
+            d.addCallback(self._validated, topic, frames, envelope)
+            d.addErrback(lambda f: f.trap(Rejected))
+        else:
+            self._forward(topic, frames, envelope)
+
+    def inject(self, frames: list[bytes], source: str = "push") -> defer.Deferred:
+        """
+        Check one message from another source and forward it.
+
+        @return: a Deferred firing with the envelope once forwarded, or
+            failing with L{encoding.DecodeError} or L{Rejected}.
+        """
+        try:
+            topic, envelope = self._parse(frames, source)
+        except encoding.DecodeError as e:
+            return defer.fail(e)
+        if not self._validating():
+            return defer.succeed(self._forward(topic, frames, envelope))
+        d = defer.maybeDeferred(self.validator.validate_async, envelope)
+        d.addCallback(self._validated, topic, frames, envelope)
+        return d
+
+    def _validating(self) -> bool:
+        return self.validator is not None and self.config["relay_validate"]
+
+    def _check(self, frames: list[bytes], source: str) -> tuple[str, dict] | None:
+        try:
+            return self._parse(frames, source)
+        except encoding.DecodeError:
+            return None
+
+    def _parse(self, frames: list[bytes], source: str) -> tuple[str, dict]:
+        self.counters.incr("received", source)
+        try:
+            topic, envelope = encoding.parse_frames(frames, self._max_size)
+        except encoding.DecodeError as e:
+            self.counters.incr("dropped", e.reason)
+            log.warn(
+                "Dropped a malformed message from {source}: {reason} ({detail})",
+                source=source,
+                reason=e.reason,
+                detail=e.detail[:200],
+            )
+            raise
+        self.last_message_at = self._reactor.seconds()
+        return topic, envelope
+
+    def _validated(self, verdict: Any, topic: str, frames: list[bytes], envelope: dict) -> dict:
+        if not verdict.ok:
+            self.counters.incr("rejected", verdict.reason or "invalid")
+            log.warn(
+                "Rejected {topic} at the door: {reason} (signer {signer})",
+                topic=topic,
+                reason=verdict.reason,
+                signer=verdict.signer,
+            )
+            raise Rejected(verdict.reason or "invalid", verdict)
+        return self._forward(topic, frames, envelope)
+
+    def _forward(self, topic: str, frames: list[bytes], envelope: dict) -> dict:
+        if self._out is None:
+            self.counters.incr("dropped", "stopped")
+            return envelope
+        if self._out.send_frames(frames):
+            self.counters.incr("forwarded")
+        else:
+            self.counters.incr("dropped", "high-water-mark")
+        for sink in self._sinks:
+            try:
+                sink(topic, frames[1], envelope)
+            except Exception:
+                self.counters.incr("sink-errors")
+                log.failure("A relay sink failed for {topic}", topic=topic)
+        return envelope
+
+
+class Rejected(Exception):
+    """
+    A message refused by validation; C{reason} is the counter label.
+    """
+
+    def __init__(self, reason: str, verdict: Any = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.verdict = verdict

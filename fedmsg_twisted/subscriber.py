@@ -1,0 +1,211 @@
+# -*- test-case-name: tests.test_subscriber -*-
+"""
+The subscriber service: connect to every endpoint, hand each valid message to
+the application.
+
+One SUB socket per address (as fedmsg does), so every message is known to come
+from one C{(name, endpoint)}.  Frames are checked before anything else sees
+them: a garbled or malicious message is dropped, counted by reason and logged,
+and the next one is delivered.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from fedmsg_twisted import encoding
+from fedmsg_twisted.stats import Counters
+
+log = Logger(namespace="fedmsg_twisted.subscriber")
+
+__all__ = ["SubscriberService", "subscription_endpoints"]
+
+Callback = Callable[[str, str, str, dict], Any]
+
+
+def subscription_endpoints(config: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """
+    Every C{(name, addresses)} a subscriber connects to: C{endpoints} without
+    C{relay_inbound}, which is where publishers send, not where they listen.
+    """
+    return {n: tuple(a) for n, a in config["endpoints"].items() if n != "relay_inbound"}
+
+
+class SubscriberService(Service):
+    """
+    Calls C{callback(name, endpoint, topic, msg)} for every message received.
+
+    @param topics: topic prefixes to subscribe to (C{""} = everything).
+    @param validator: optional object with C{validate_async(envelope)}
+        returning a Deferred of a verdict with C{ok}, C{reason}, C{signer};
+        invalid messages are dropped and counted.  Used when
+        C{validate_signatures} is on.
+    @param endpoints: C{{name: [address, ...]}}; defaults to the config's.
+    @ivar counters: C{received}, C{delivered}, C{dropped} by reason,
+        C{rejected} by reason, C{callback-errors}.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        callback: Callback,
+        topics: str | Iterable[str] = ("",),
+        *,
+        validator: Any = None,
+        endpoints: Mapping[str, Iterable[str]] | None = None,
+        reactor: Any = None,
+        factory: Any = None,
+    ) -> None:
+        self.config = config
+        self.callback = callback
+        self.topics = (topics,) if isinstance(topics, str) else tuple(topics) or ("",)
+        self.validator = validator
+        self._endpoints = {
+            n: tuple(a) for n, a in (endpoints if endpoints is not None else subscription_endpoints(config)).items()
+        }
+        if reactor is None:
+            from twisted.internet import reactor  # noqa: F811
+        self._reactor = reactor
+        self._factory = factory
+        self._sockets: dict[tuple[str, str], Any] = {}
+        self._max_size = config["max_message_size"]
+        self._pending: defer.Deferred | None = None
+        self.counters = Counters()
+        self.last_message_at: float | None = None
+
+    # -- IService -------------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        for name, addresses in self._endpoints.items():
+            for address in addresses:
+                self._connect(name, address)
+        log.info(
+            "Subscribed to {topics!r} on {n} endpoints",
+            topics=self.topics,
+            n=len(self._sockets),
+        )
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            return pending
+        return defer.succeed(None)
+
+    # -- endpoints that change at run time (DNS discovery) -----------------------
+
+    def add_endpoint(self, name: str, address: str) -> None:
+        self._endpoints[name] = tuple(dict.fromkeys(self._endpoints.get(name, ()) + (address,)))
+        if self.running:
+            self._connect(name, address)
+
+    def remove_endpoint(self, name: str, address: str) -> None:
+        self._endpoints[name] = tuple(a for a in self._endpoints.get(name, ()) if a != address)
+        sock = self._sockets.pop((name, address), None)
+        if sock is not None:
+            sock.close()
+
+    def endpoints(self) -> dict[str, tuple[str, ...]]:
+        return dict(self._endpoints)
+
+    def _connect(self, name: str, address: str) -> None:
+        from fedmsg_twisted import zmq as fzmq
+
+        if (name, address) in self._sockets:
+            return
+        factory = self._factory or fzmq.shared_factory(self.config["io_threads"])
+        sock = fzmq.SubSocket(
+            factory,
+            lambda frames: self.frames_received(name, address, frames),
+            self.topics,
+            fzmq.subscriber_options(self.config),
+        )
+        try:
+            sock.connect(address)
+        except Exception as e:
+            sock.close()
+            self.counters.incr("connect-errors")
+            log.error("Cannot connect to {name} at {address}: {error}", name=name, address=address, error=e)
+            return
+        self._sockets[(name, address)] = sock
+
+    # -- receiving --------------------------------------------------------------
+
+    def frames_received(self, name: str, endpoint: str, frames: list[bytes]) -> None:
+        """
+        Check one raw zmq message and deliver it.  Never raises.
+        """
+        self.counters.incr("received")
+        try:
+            topic, envelope = encoding.parse_frames(frames, self._max_size)
+        except encoding.DecodeError as e:
+            self.counters.incr("dropped", e.reason)
+            log.warn(
+                "Dropped a malformed message from {name} {endpoint}: {reason} ({detail})",
+                name=name,
+                endpoint=endpoint,
+                reason=e.reason,
+                detail=e.detail[:200],
+            )
+            return
+        if self.config["zmq_strict"] and topic not in self.topics and "" not in self.topics:
+            self.counters.incr("dropped", "not-subscribed")
+            return
+        self.last_message_at = self._reactor.seconds()
+        if self.validator is None and self._pending is None:
+            self._deliver(name, endpoint, topic, envelope)
+            return
+        # Validation may run in a thread (gpg); chain so order is kept.
+        d = self._pending if self._pending is not None else defer.succeed(None)
+        d.addCallback(lambda _: self._validate(envelope))
+        d.addCallback(self._after_validation, name, endpoint, topic, envelope)
+        d.addErrback(lambda f: log.failure("Validation failed unexpectedly", f))
+        self._pending = d
+
+        def done(result: Any, d: defer.Deferred = d) -> Any:
+            if self._pending is d:
+                self._pending = None
+            return result
+
+        d.addBoth(done)
+
+    def _validate(self, envelope: dict) -> Any:
+        if self.validator is None:
+            return None
+        return self.validator.validate_async(envelope)
+
+    def _after_validation(self, verdict: Any, name: str, endpoint: str, topic: str, envelope: dict) -> None:
+        if verdict is not None and not verdict.ok:
+            self.counters.incr("rejected", verdict.reason or "invalid")
+            log.warn(
+                "Rejected {topic} from {name}: {reason} (signer {signer})",
+                topic=topic,
+                name=name,
+                reason=verdict.reason,
+                signer=getattr(verdict, "signer", None),
+            )
+            return
+        self._deliver(name, endpoint, topic, envelope)
+
+    def _deliver(self, name: str, endpoint: str, topic: str, envelope: dict) -> None:
+        self.counters.incr("delivered")
+        try:
+            result = self.callback(name, endpoint, topic, envelope)
+        except Exception:
+            self.counters.incr("callback-errors")
+            log.failure("Message callback raised for {topic}", topic=topic)
+            return
+        if isinstance(result, defer.Deferred):
+            result.addErrback(self._callback_failed, topic)
+
+    def _callback_failed(self, failure: Any, topic: str) -> None:
+        self.counters.incr("callback-errors")
+        log.failure("Message callback failed for {topic}", failure, topic=topic)
