@@ -311,7 +311,8 @@ IGNORED_FEDMSG_KEYS = frozenset(
     }
 )
 
-DEFAULTS: Mapping[str, Any] = {k: key.default for k, key in KEYS.items()}
+# Defaults go through their checkers too, so they are normalised and frozen.
+DEFAULTS: Mapping[str, Any] = {k: key.check(key.default) if key.default is not None else None for k, key in KEYS.items()}
 
 
 def _is_foreign(key: str) -> bool:
@@ -393,6 +394,8 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text: {e}") from None
 
 
 def _read_fedmsg_py(path: str) -> dict[str, Any]:
