@@ -1,0 +1,261 @@
+"""
+A real IRC server for the tests (Debian's C{ngircd}) and a raw IRC client.
+
+L{NgircdServer} writes a config into the test's temp directory, runs
+C{ngircd -n -f CONF} as a child process on free loopback ports (plain, and
+TLS with a throwaway CA when asked), and can be killed and restarted on the
+same ports.  L{RawClient} is a deliberately dumb client: it registers, joins,
+answers PINGs, and records every line the server sends it, so the tests
+assert on exactly what reached the channel.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+
+from twisted.internet import defer, error, protocol
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.protocols import basic
+
+from tests.util import free_port, spawn, wait_for
+
+NGIRCD = shutil.which("ngircd") or "/usr/sbin/ngircd"
+
+
+def have_ngircd() -> bool:
+    return os.access(NGIRCD, os.X_OK)
+
+
+def write_certs(directory: str, hostname: str = "localhost") -> dict[str, str]:
+    """
+    A throwaway CA and a server certificate for C{hostname} (and 127.0.0.1),
+    as PEM files in C{directory}.  Returns their paths.
+    """
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    os.makedirs(directory, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(name("fedmsg-twisted test CA"))
+        .issuer_name(name("fedmsg-twisted test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name(hostname))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = {
+        "ca": os.path.join(directory, "ca.pem"),
+        "cert": os.path.join(directory, "server.pem"),
+        "key": os.path.join(directory, "server.key"),
+    }
+    with open(paths["ca"], "wb") as f:
+        f.write(ca.public_bytes(serialization.Encoding.PEM))
+    with open(paths["cert"], "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(paths["key"], "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+    for p in paths.values():
+        os.chmod(p, 0o644)  # ngircd drops root for "nobody" before a rehash
+    return paths
+
+
+class NgircdServer:
+    """
+    One ngircd process for one test.  C{start()} and C{stop()} may be
+    called again (same ports) to simulate a server restart.
+    """
+
+    def __init__(self, testcase, tls: bool = False, password: str | None = None, extra: str = "") -> None:
+        self.testcase = testcase
+        self.dir = os.path.abspath(testcase.mktemp())
+        os.makedirs(os.path.join(self.dir, "conf.d"))
+        os.chmod(self.dir, 0o755)
+        self.port = free_port()
+        self.tls_port = free_port() if tls else None
+        self.certs = write_certs(os.path.join(self.dir, "certs")) if tls else None
+        self.conf = os.path.join(self.dir, "ngircd.conf")
+        lines = [
+            "[Global]",
+            "Name = irc.test.local",
+            "Info = fedmsg-twisted test server",
+            "AdminInfo1 = test",
+            "AdminInfo2 = test",
+            "AdminEMail = test@localhost",
+            "Listen = 127.0.0.1",
+            f"Ports = {self.port}",
+            "MotdPhrase = test",
+        ]
+        if password:
+            lines.append(f"Password = {password}")
+        lines += [
+            "[Limits]",
+            "MaxNickLength = 30",
+            "PingTimeout = 120",
+            "PongTimeout = 20",
+            "ConnectRetry = 60",
+            "[Options]",
+            "PAM = no",
+            "Ident = no",
+            "DNS = no",
+            f"IncludeDir = {os.path.join(self.dir, 'conf.d')}",
+        ]
+        if tls:
+            lines += [
+                "[SSL]",
+                f"CertFile = {self.certs['cert']}",
+                f"KeyFile = {self.certs['key']}",
+                f"Ports = {self.tls_port}",
+            ]
+        with open(self.conf, "w") as f:
+            f.write("\n".join(lines) + "\n" + extra)
+        self.process = None
+        testcase.addCleanup(lambda: defer.Deferred.fromCoroutine(self.stop()))
+
+    async def start(self) -> None:
+        self.process = spawn(self.testcase, [NGIRCD, "-n", "-f", self.conf])
+        ports = [self.port] + ([self.tls_port] if self.tls_port else [])
+
+        def listening() -> bool:
+            text = "\n".join(self.process.lines) + self.process.stderr.decode("utf-8", "replace")
+            if self.process.exit_code is not None:
+                raise AssertionError(f"ngircd exited: {text}")
+            return all(f"]:{p} " in text for p in ports)
+
+        await wait_for(listening, what="ngircd listening")
+
+    async def stop(self) -> None:
+        """
+        Kill the server (SIGKILL: the "server died" case) and wait for it.
+        """
+        p, self.process = self.process, None
+        if p is None or p.ended.called:
+            return
+        try:
+            p.transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
+        await p.ended
+
+
+class RawClient(basic.LineReceiver):
+    """
+    Registers, then records every line; answers PING.
+    """
+
+    delimiter = b"\r\n"
+
+    def __init__(self, nick: str) -> None:
+        self.nick = nick
+        self.lines: list[str] = []
+        self.raw: list[bytes] = []
+        self.welcomed: defer.Deferred = defer.Deferred()
+        self.lost: defer.Deferred = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.send(f"NICK {self.nick}")
+        self.send(f"USER {self.nick} 0 * :raw test client")
+
+    def send(self, line: str | bytes) -> None:
+        if isinstance(line, str):
+            line = line.encode("utf-8")
+        self.transport.write(line + b"\r\n")
+
+    def lineReceived(self, line: bytes) -> None:
+        self.raw.append(line)
+        text = line.decode("utf-8", "replace")
+        self.lines.append(text)
+        parts = text.split(" ")
+        if parts[0] == "PING":
+            self.send("PONG " + " ".join(parts[1:]))
+        elif len(parts) > 1 and parts[1] == "001" and not self.welcomed.called:
+            self.welcomed.callback(self)
+
+    def connectionLost(self, reason) -> None:
+        self.lost.callback(None)
+
+    def said(self, channel: str | None = None, command: str | None = None) -> list[tuple[str, str, str]]:
+        """
+        C{(sender nick, command, text)} of every PRIVMSG/NOTICE seen, in order.
+        """
+        out = []
+        for line in self.lines:
+            if not line.startswith(":"):
+                continue
+            parts = line.split(" ", 3)
+            if len(parts) < 4 or parts[1] not in ("PRIVMSG", "NOTICE"):
+                continue
+            if channel and parts[2].lower() != channel.lower():
+                continue
+            if command and parts[1] != command:
+                continue
+            text = parts[3][1:] if parts[3].startswith(":") else parts[3]
+            out.append((parts[0][1:].split("!")[0], parts[1], text))
+        return out
+
+    async def join(self, channel: str) -> None:
+        self.send(f"JOIN {channel}")
+        await wait_for(
+            lambda: any(f" 366 {self.nick} {channel} " in l for l in self.lines), what=f"{self.nick} joined {channel}"
+        )
+
+    def has_joined(self, nick: str, channel: str) -> bool:
+        return any(l.startswith(f":{nick}!") and f" JOIN {channel}" in l or l.startswith(f":{nick}!") and f" JOIN :{channel}" in l for l in self.lines)
+
+
+async def raw_client(testcase, port: int, nick: str) -> RawClient:
+    from twisted.internet import reactor
+
+    client = RawClient(nick)
+    f = protocol.Factory.forProtocol(lambda: client)
+    await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(f)
+
+    async def cleanup():
+        if not client.lost.called:
+            client.transport.abortConnection()
+            await client.lost
+
+    testcase.addCleanup(lambda: defer.Deferred.fromCoroutine(cleanup()))
+    await client.welcomed
+    return client
