@@ -1,0 +1,953 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The message archive: what datanommer did, embedded in the relay.
+
+Every message is kept as the exact body bytes that arrived (so signatures stay
+valid when it is replayed) plus a few parsed fields to query on.  The archive
+numbers messages with its own C{seq_id}, which is the relay's sequence.
+
+Storage is SQLite by default (C{<state_directory>/archive.sqlite}) or
+PostgreSQL when C{archive_url} is a C{postgresql://user@host:port/db} URL;
+both use the same schema.  All database work runs off the reactor thread:
+writes go to one writer thread that commits one transaction per batch
+(every C{batch_interval} seconds or C{batch_size} messages, whichever comes
+first); reads run on a small pool of reader threads.
+
+Failure policy, because the archive sits on the relay's forwarding path:
+
+  - L{Archive.add} never raises and its Deferred never fails.  It fires with
+    a L{Stored} (an C{int}, the seq_id) or with L{None} when the message could
+    not be stored (disk full, read-only file, database down, queue full,
+    archive stopped).  Failures are counted in L{Archive.counters} and logged
+    loudly (rate-limited), so the caller may ignore the result entirely.
+  - A file that is not a usable SQLite database is refused at
+    L{Archive.start} with an L{ArchiveError} naming the file.  A read-only
+    file is not refused: replay can still be served from it, and every write
+    is counted as failed.
+
+Sequence numbers only grow.  SQLite (C{AUTOINCREMENT}) never reuses them, even
+after pruning.  A duplicate C{msg_id} is stored once; adding it again fires
+with the seq_id already stored, flagged C{duplicate}.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, Sequence
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from twisted.application import service
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+__all__ = [
+    "Archive",
+    "ArchiveError",
+    "ArchiveService",
+    "Row",
+    "Stored",
+    "category_of",
+]
+
+log = Logger(namespace="fedmsg_twisted.store")
+
+SCHEMA_VERSION = 1
+DEFAULT_FILENAME = "archive.sqlite"
+_PRUNE_CHUNK = 5000
+_LOG_EVERY = 60.0  # seconds between repeated "still failing" log lines
+
+
+class ArchiveError(Exception):
+    """
+    The archive cannot be used at all (corrupt file, unreachable database).
+    The message names the file or the URL (without its password).
+    """
+
+
+class Stored(int):
+    """
+    The seq_id a message is stored under.  An C{int}; C{duplicate} is true
+    when the msg_id was already archived and this is the earlier seq_id.
+    """
+
+    duplicate: bool
+
+    def __new__(cls, seq_id: int, duplicate: bool = False) -> "Stored":
+        self = super().__new__(cls, seq_id)
+        self.duplicate = duplicate
+        return self
+
+    def __repr__(self) -> str:
+        return f"Stored({int(self)}{', duplicate=True' if self.duplicate else ''})"
+
+
+@dataclass(frozen=True)
+class Row:
+    """
+    One archived message.
+
+    @ivar body: the message bytes exactly as received.
+    @ivar timestamp: the envelope's C{timestamp} (epoch seconds), if numeric.
+    @ivar received: when the archive accepted it (epoch seconds, our clock).
+    @ivar category: topic token 3 (C{org.fedoraproject.prod.B{bodhi}.update}).
+    """
+
+    seq_id: int
+    msg_id: str | None
+    topic: str
+    timestamp: float | None
+    username: str | None
+    agent: str | None
+    category: str | None
+    received: float
+    body: bytes
+
+
+_COLUMNS = "seq_id, msg_id, topic, timestamp, username, agent, category, received, body"
+
+
+def category_of(topic: str) -> str | None:
+    """
+    The fourth dot-separated token of a topic (fedmsg's "modname"), or None.
+    """
+    parts = topic.split(".")
+    return parts[3] if len(parts) > 3 and parts[3] else None
+
+
+def _clean_text(v: Any) -> str | None:
+    # Text that both SQLite and PostgreSQL accept: no NUL, no lone surrogates.
+    if not isinstance(v, str):
+        return None
+    if "\x00" in v:
+        v = v.replace("\x00", "\ufffd")
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        v = v.encode("utf-8", "replace").decode("utf-8")
+    return v
+
+
+def _clean_number(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    try:
+        f = float(v)
+    except OverflowError:
+        return None
+    if not math.isfinite(f) or abs(f) > 1e15:
+        return None
+    return f
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+# --- backends -----------------------------------------------------------------
+# A backend knows its SQL dialect and how to connect.  All its methods run in
+# a database thread, never in the reactor thread.
+
+
+class _Backend:
+    name: str
+    placeholder = "?"
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def connect(self, writer: bool) -> Any:
+        raise NotImplementedError
+
+    def init_schema(self, conn: Any) -> bool:
+        """Create the tables; return whether the database is writable."""
+        raise NotImplementedError
+
+    def sql(self, text: str) -> str:
+        return text if self.placeholder == "?" else text.replace("?", self.placeholder)
+
+    def in_clause(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} IN ({','.join('?' * len(values))})", list(values)
+
+    def is_integrity_error(self, e: BaseException) -> bool:
+        raise NotImplementedError
+
+
+class _ReadOnly(Exception):
+    """The SQLite file can be read only through a read-only connection."""
+
+
+class _SQLite(_Backend):
+    name = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        # Set when the file can only be read: a WAL database in a directory
+        # we cannot write needs SQLite's "immutable" read-only mode.
+        self.read_only = False
+
+    def describe(self) -> str:
+        return self.path
+
+    def connect(self, writer: bool) -> sqlite3.Connection:
+        directory = os.path.dirname(self.path) or "."
+        if writer and not os.path.isdir(directory):
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError as e:
+                raise ArchiveError(
+                    f"{directory}: cannot create the archive's state directory: {e.strerror}"
+                ) from None
+        if not writer and not os.path.exists(self.path):
+            raise ArchiveError(f"{self.path}: archive file does not exist")
+        target, uri = self.path, False
+        if self.read_only:
+            target, uri = f"file:{quote(os.path.abspath(self.path))}?mode=ro&immutable=1", True
+        try:
+            conn = sqlite3.connect(
+                target, timeout=10.0, isolation_level=None, check_same_thread=False, uri=uri
+            )
+            conn.execute("PRAGMA busy_timeout = 10000")
+        except sqlite3.Error as e:
+            raise ArchiveError(f"{self.path}: cannot open the archive: {e}") from None
+        return conn
+
+    def init_schema(self, conn: sqlite3.Connection) -> bool:
+        try:
+            # Reading the schema is what detects a file that is not a database.
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table' AND name='fedmsg_archive'"
+            ).fetchone()
+        except sqlite3.OperationalError as e:
+            if self.read_only or (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF not in (
+                sqlite3.SQLITE_READONLY,
+                sqlite3.SQLITE_CANTOPEN,
+            ):
+                raise ArchiveError(f"{self.path}: not a usable SQLite archive: {e}") from None
+            raise _ReadOnly() from None
+        except sqlite3.DatabaseError as e:
+            raise ArchiveError(f"{self.path}: not a usable SQLite archive: {e}") from None
+        if self.read_only:
+            self._check_version(conn)
+            return False
+        writable = True
+        try:
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                writable = False
+            conn.execute("PRAGMA synchronous = NORMAL")
+            if not exists:
+                conn.executescript(
+                    """
+                    BEGIN;
+                    CREATE TABLE IF NOT EXISTS fedmsg_archive (
+                        seq_id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        msg_id TEXT UNIQUE,
+                        topic TEXT NOT NULL,
+                        timestamp REAL,
+                        username TEXT,
+                        agent TEXT,
+                        category TEXT,
+                        received REAL NOT NULL,
+                        body BLOB NOT NULL
+                    );
+                    CREATE INDEX IF NOT EXISTS fedmsg_archive_timestamp ON fedmsg_archive (timestamp);
+                    CREATE INDEX IF NOT EXISTS fedmsg_archive_received ON fedmsg_archive (received);
+                    CREATE TABLE IF NOT EXISTS fedmsg_archive_meta (key TEXT PRIMARY KEY, value TEXT);
+                    INSERT OR IGNORE INTO fedmsg_archive_meta VALUES ('schema_version', '1');
+                    COMMIT;
+                    """
+                )
+        except sqlite3.OperationalError as e:
+            if conn.in_transaction:
+                conn.rollback()
+            if not exists:
+                raise ArchiveError(f"{self.path}: cannot create the archive tables: {e}") from None
+            writable = False
+        except sqlite3.DatabaseError as e:
+            raise ArchiveError(f"{self.path}: not a usable SQLite archive: {e}") from None
+        self._check_version(conn)
+        if writable:
+            writable = not conn.execute("PRAGMA query_only").fetchone()[0] and os.access(
+                self.path, os.W_OK, effective_ids=os.access in os.supports_effective_ids
+            )
+        return writable
+
+    def _check_version(self, conn: Any) -> None:
+        try:
+            row = conn.execute(
+                "SELECT value FROM fedmsg_archive_meta WHERE key = 'schema_version'"
+            ).fetchone()
+        except sqlite3.DatabaseError as e:
+            raise ArchiveError(f"{self.path}: not a usable SQLite archive: {e}") from None
+        if row is None or row[0] != str(SCHEMA_VERSION):
+            raise ArchiveError(
+                f"{self.path}: archive schema version {row and row[0]!r} is not {SCHEMA_VERSION}"
+            )
+
+    def begin(self, conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def is_integrity_error(self, e: BaseException) -> bool:
+        return isinstance(e, sqlite3.IntegrityError)
+
+
+class _Postgres(_Backend):
+    name = "postgresql"
+    placeholder = "%s"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def describe(self) -> str:
+        return _redact(self.url)
+
+    def connect(self, writer: bool) -> Any:
+        try:
+            import psycopg
+        except ImportError:
+            raise ArchiveError(
+                f"{self.describe()}: PostgreSQL archives need psycopg 3 "
+                '(pip install "psycopg[binary]")'
+            ) from None
+        try:
+            return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+        except psycopg.Error as e:
+            raise ArchiveError(f"{self.describe()}: cannot connect: {e}") from None
+
+    def init_schema(self, conn: Any) -> bool:
+        import psycopg
+
+        try:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(4242000001)")
+                conn.execute(
+                    """
+                    CREATE TABLE IF NOT EXISTS fedmsg_archive (
+                        seq_id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+                        msg_id TEXT UNIQUE,
+                        topic TEXT NOT NULL,
+                        timestamp DOUBLE PRECISION,
+                        username TEXT,
+                        agent TEXT,
+                        category TEXT,
+                        received DOUBLE PRECISION NOT NULL,
+                        body BYTEA NOT NULL
+                    )
+                    """
+                )
+                conn.execute(
+                    "CREATE INDEX IF NOT EXISTS fedmsg_archive_timestamp ON fedmsg_archive (timestamp)"
+                )
+                conn.execute(
+                    "CREATE INDEX IF NOT EXISTS fedmsg_archive_received ON fedmsg_archive (received)"
+                )
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS fedmsg_archive_meta (key TEXT PRIMARY KEY, value TEXT)"
+                )
+                conn.execute(
+                    "INSERT INTO fedmsg_archive_meta VALUES ('schema_version', %s) "
+                    "ON CONFLICT (key) DO NOTHING",
+                    (str(SCHEMA_VERSION),),
+                )
+            row = conn.execute(
+                "SELECT value FROM fedmsg_archive_meta WHERE key = 'schema_version'"
+            ).fetchone()
+        except psycopg.Error as e:
+            raise ArchiveError(f"{self.describe()}: cannot create the archive tables: {e}") from None
+        if row is None or row[0] != str(SCHEMA_VERSION):
+            raise ArchiveError(
+                f"{self.describe()}: archive schema version {row and row[0]!r} is not {SCHEMA_VERSION}"
+            )
+        return True
+
+    def in_clause(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?)", [list(values)]
+
+    def begin(self, conn: Any) -> None:
+        conn.execute("BEGIN")
+
+    def is_integrity_error(self, e: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(e, psycopg.IntegrityError)
+
+
+def _backend_for(url: str) -> _Backend:
+    if url.startswith(("postgresql://", "postgres://")):
+        return _Postgres(url)
+    if url.startswith("sqlite:///"):
+        return _SQLite(url[len("sqlite://"):])
+    if url.startswith("sqlite:"):
+        return _SQLite(url[len("sqlite:"):])
+    if "://" in url:
+        raise ArchiveError(
+            f"{url}: unsupported archive URL (use a file path, sqlite:///path or postgresql://...)"
+        )
+    return _SQLite(url)
+
+
+# --- the archive ----------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    msg_id: str | None
+    topic: str
+    timestamp: float | None
+    username: str | None
+    agent: str | None
+    category: str | None
+    received: float
+    body: bytes
+    d: defer.Deferred
+
+
+class Archive:
+    """
+    The message archive (see the module docstring for the failure policy).
+
+    @param url: a SQLite path (or C{sqlite:///path}) or a C{postgresql://} URL;
+        L{None} means C{<state_directory>/archive.sqlite}.
+    @param state_directory: where the default SQLite file lives.
+    @param retention_days: prune messages received longer ago than this
+        (L{None} or 0: keep forever).
+    @param retention_count: keep at most this many messages (L{None} or 0: no limit).
+    @param prune_interval: seconds between prunes (the first runs at start).
+    @param max_pending: messages waiting for the writer beyond which L{add}
+        refuses (fires L{None}) instead of growing without bound.
+    @param reactor: the reactor that runs the database threads' callbacks.
+    @param clock: the clock for batching, pruning and C{received}
+        (default: the reactor).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        state_directory: str | None = None,
+        batch_interval: float = 0.05,
+        batch_size: int = 500,
+        retention_days: float | None = None,
+        retention_count: int | None = None,
+        prune_interval: float = 600.0,
+        max_pending: int = 100_000,
+        readers: int = 2,
+        reactor: Any = None,
+        clock: Any = None,
+    ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as _reactor
+
+            reactor = _reactor
+        if url is None:
+            if state_directory is None:
+                raise ArchiveError("the archive needs archive_url or state_directory")
+            url = os.path.join(state_directory, DEFAULT_FILENAME)
+        self._backend = _backend_for(url)
+        self.url = self._backend.describe()
+        self.batch_interval = batch_interval
+        self.batch_size = batch_size
+        self.retention_days = retention_days or None
+        self.retention_count = retention_count or None
+        self.prune_interval = prune_interval
+        self.max_pending = max_pending
+        self._readers = readers
+        self._reactor = reactor
+        self._clock = clock if clock is not None else reactor
+        self.counters: Counter[str] = Counter()
+        self.writable = False
+        self.running = False
+        self._pending: list[_Pending] = []
+        self._flush_call: Any = None
+        self._inflight: set[defer.Deferred] = set()
+        self._writer_pool: ThreadPool | None = None
+        self._reader_pool: ThreadPool | None = None
+        self._writer_conn: Any = None
+        self._reader_conns: list[Any] = []
+        self._local = threading.local()
+        self._prune_loop: task.LoopingCall | None = None
+        self._failing_since: float | None = None
+        self._last_fail_log = 0.0
+        self._fails_unlogged = 0
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], reactor: Any = None) -> "Archive":
+        """
+        An archive set up from the config keys C{archive_url},
+        C{state_directory}, C{archive_retention_days}, C{archive_retention_count},
+        C{archive_prune_interval}, C{archive_batch_interval}, C{archive_batch_size}.
+        """
+        return cls(
+            config.get("archive_url") or None,
+            state_directory=config.get("state_directory") or None,
+            retention_days=config.get("archive_retention_days") or None,
+            retention_count=config.get("archive_retention_count") or None,
+            prune_interval=config.get("archive_prune_interval", 600.0),
+            batch_interval=config.get("archive_batch_interval", 0.05),
+            batch_size=config.get("archive_batch_size", 500),
+            reactor=reactor,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Archive {self.url}>"
+
+    # -- life cycle --------------------------------------------------------------
+
+    def _pool(self, name: str, maxthreads: int) -> ThreadPool:
+        pool = ThreadPool(minthreads=0, maxthreads=maxthreads, name=name)
+        pool.start()
+        return pool
+
+    def start(self) -> defer.Deferred:
+        """
+        Open the database and create the schema.  Fires when ready; fails
+        with L{ArchiveError} if the archive cannot be used at all.
+        """
+        return defer.Deferred.fromCoroutine(self._start())
+
+    async def _start(self) -> None:
+        if self.running:
+            return
+        self._writer_pool = self._pool("fedmsg-archive-writer", 1)
+        self._reader_pool = self._pool("fedmsg-archive-reader", self._readers)
+        try:
+            self.writable = await self._on_writer(self._open_writer)
+        except BaseException:
+            await self._close_pools()
+            raise
+        self.running = True
+        if not self.writable:
+            log.critical(
+                "Archive {url} is read-only: messages will not be archived "
+                "(replay still serves what it holds)",
+                url=self.url,
+            )
+        log.info("Archive {url} open, latest seq_id {seq}", url=self.url, seq=await self.latest_seq())
+        if self.writable and (self.retention_days or self.retention_count):
+            self._prune_loop = task.LoopingCall(self._prune_quietly)
+            self._prune_loop.clock = self._clock
+            self._prune_loop.start(self.prune_interval, now=True)
+
+    def _open_writer(self) -> bool:
+        conn = self._backend.connect(writer=True)
+        try:
+            writable = self._backend.init_schema(conn)
+        except _ReadOnly:
+            conn.close()
+            self._backend.read_only = True  # type: ignore[attr-defined]
+            return self._open_writer()
+        except BaseException:
+            conn.close()
+            raise
+        self._writer_conn = conn
+        return writable
+
+    def stop(self) -> defer.Deferred:
+        """
+        Write what is pending, stop pruning, close the database.  Idempotent.
+        """
+        return defer.Deferred.fromCoroutine(self._stop())
+
+    async def _stop(self) -> None:
+        if not self.running:
+            return
+        self.running = False
+        if self._prune_loop is not None and self._prune_loop.running:
+            self._prune_loop.stop()
+        self._prune_loop = None
+        self._flush()
+        while self._inflight:
+            await defer.DeferredList(list(self._inflight), consumeErrors=True)
+        await self._on_writer(self._close_writer)
+        await self._close_pools()
+
+    def _close_writer(self) -> None:
+        if self._writer_conn is not None:
+            self._writer_conn.close()
+            self._writer_conn = None
+
+    async def _close_pools(self) -> None:
+        pools = [p for p in (self._writer_pool, self._reader_pool) if p is not None]
+        self._writer_pool = self._reader_pool = None
+        # Joining idle threads is quick, but still not the reactor's job.
+        await threads.deferToThread(lambda: [p.stop() for p in pools])
+        for conn in self._reader_conns:
+            try:
+                conn.close()
+            except Exception:
+                pass
+        self._reader_conns = []
+        self._local = threading.local()
+
+    def _on_writer(self, f: Callable[..., Any], *a: Any) -> defer.Deferred:
+        assert self._writer_pool is not None
+        return threads.deferToThreadPool(self._reactor, self._writer_pool, f, *a)
+
+    def _on_reader(self, f: Callable[..., Any], *a: Any) -> defer.Deferred:
+        if self._reader_pool is None:
+            return defer.fail(ArchiveError(f"{self.url}: archive is not running"))
+        return threads.deferToThreadPool(self._reactor, self._reader_pool, f, *a)
+
+    # -- writing -----------------------------------------------------------------
+
+    def add(self, topic: str, body: bytes, envelope: Mapping[str, Any]) -> defer.Deferred:
+        """
+        Archive one message.
+
+        @param topic: the topic frame (decoded).
+        @param body: the body bytes exactly as received; this is what replay returns.
+        @param envelope: the decoded body, for the indexed fields.
+        @return: a Deferred that never fails.  It fires with a L{Stored}
+            seq_id, or with L{None} when the message could not be archived
+            (counted in C{counters["failed"]} or C{counters["dropped"]} and logged).
+        """
+        if not self.running:
+            self.counters["dropped"] += 1
+            self._report_failure(1, "the archive is not running")
+            return defer.succeed(None)
+        if len(self._pending) >= self.max_pending:
+            self.counters["dropped"] += 1
+            self._report_failure(1, f"{len(self._pending)} messages already wait for the database")
+            return defer.succeed(None)
+        if not isinstance(envelope, Mapping):
+            envelope = {}
+        msg = envelope.get("msg")
+        agent = msg.get("agent") if isinstance(msg, Mapping) else None
+        topic_text = _clean_text(topic) or ""
+        d: defer.Deferred = defer.Deferred()
+        self._pending.append(
+            _Pending(
+                msg_id=_clean_text(envelope.get("msg_id")),
+                topic=topic_text,
+                timestamp=_clean_number(envelope.get("timestamp")),
+                username=_clean_text(envelope.get("username")),
+                agent=_clean_text(agent),
+                category=category_of(topic_text),
+                received=self._clock.seconds(),
+                body=bytes(body),
+                d=d,
+            )
+        )
+        if len(self._pending) >= self.batch_size:
+            self._flush()
+        elif self._flush_call is None:
+            self._flush_call = self._clock.callLater(self.batch_interval, self._flush)
+        return d
+
+    def flush(self) -> defer.Deferred:
+        """
+        Write what is pending now; fires when every batch so far is written.
+        """
+        self._flush()
+        return defer.DeferredList(list(self._inflight), consumeErrors=True).addCallback(
+            lambda _: None
+        )
+
+    def _flush(self) -> None:
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        d = self._on_writer(self._write_batch, batch)
+        self._inflight.add(d)
+
+        def done(result: Any) -> None:
+            self._inflight.discard(d)
+            if isinstance(result, Failure):
+                err = result.value
+                self.counters["failed"] += len(batch)
+                self._report_failure(len(batch), f"{type(err).__name__}: {err}")
+                for p in batch:
+                    p.d.callback(None)
+                return
+            self.counters["batches"] += 1
+            if self._failing_since is not None:
+                log.warn(
+                    "Archive {url} is storing messages again after {failed} failures",
+                    url=self.url,
+                    failed=self.counters["failed"],
+                )
+                self._failing_since = None
+            for p, stored in zip(batch, result):
+                self.counters["duplicates" if stored.duplicate else "stored"] += 1
+                p.d.callback(stored)
+
+        d.addBoth(done)
+
+    def _report_failure(self, count: int, why: str) -> None:
+        now = self._clock.seconds()
+        self._fails_unlogged += count
+        if self._failing_since is None or now - self._last_fail_log >= _LOG_EVERY:
+            if self._failing_since is None:
+                self._failing_since = now
+            log.critical(
+                "ARCHIVE FAILURE: {url} could not store {count} message(s): {why}. "
+                "Forwarding continues; failed={failed} dropped={dropped} so far",
+                url=self.url,
+                count=self._fails_unlogged,
+                why=why,
+                failed=self.counters["failed"],
+                dropped=self.counters["dropped"],
+            )
+            self._last_fail_log = now
+            self._fails_unlogged = 0
+
+    def _writer(self) -> Any:
+        if self._writer_conn is None or getattr(self._writer_conn, "closed", False):
+            self._writer_conn = self._backend.connect(writer=True)
+        return self._writer_conn
+
+    def _write_batch(self, batch: list[_Pending]) -> list[Stored]:
+        b = self._backend
+        conn = self._writer()
+        ids = list({p.msg_id for p in batch if p.msg_id is not None})
+        known: dict[str, int] = {}
+        b.begin(conn)
+        try:
+            for i in range(0, len(ids), 500):
+                where, params = b.in_clause("msg_id", ids[i : i + 500])
+                for seq, mid in conn.execute(
+                    b.sql(f"SELECT seq_id, msg_id FROM fedmsg_archive WHERE {where}"), params
+                ).fetchall():
+                    known[mid] = seq
+            out: list[Stored] = []
+            insert = b.sql(
+                "INSERT INTO fedmsg_archive (msg_id, topic, timestamp, username, agent, category,"
+                " received, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq_id"
+            )
+            for p in batch:
+                if p.msg_id is not None and p.msg_id in known:
+                    out.append(Stored(known[p.msg_id], duplicate=True))
+                    continue
+                (seq,) = conn.execute(
+                    insert,
+                    (p.msg_id, p.topic, p.timestamp, p.username, p.agent, p.category, p.received, p.body),
+                ).fetchone()
+                if p.msg_id is not None:
+                    known[p.msg_id] = seq
+                out.append(Stored(seq))
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except Exception:
+                pass
+            raise
+        return out
+
+    # -- retention ---------------------------------------------------------------
+
+    def prune(self) -> defer.Deferred:
+        """
+        Apply the retention limits now; fires with the number of rows deleted.
+        Deletes in chunks so writers are never held up for long.
+        """
+        return defer.Deferred.fromCoroutine(self._prune())
+
+    async def _prune(self) -> int:
+        total = 0
+        now = self._clock.seconds()
+        if self.retention_days:
+            cutoff = now - self.retention_days * 86400
+            while self.running:
+                n = await self._on_writer(
+                    self._delete_chunk, "received < ?", (cutoff,)
+                )
+                total += n
+                if n < _PRUNE_CHUNK:
+                    break
+        if self.retention_count:
+            keep = int(self.retention_count)
+            while self.running:
+                n = await self._on_writer(self._delete_over_count, keep)
+                total += n
+                if n < _PRUNE_CHUNK:
+                    break
+        self.counters["pruned"] += total
+        if total:
+            log.info("Archive {url}: pruned {n} messages", url=self.url, n=total)
+        return total
+
+    def _delete_chunk(self, where: str, params: tuple) -> int:
+        b = self._backend
+        conn = self._writer()
+        b.begin(conn)
+        try:
+            cur = conn.execute(
+                b.sql(
+                    "DELETE FROM fedmsg_archive WHERE seq_id IN (SELECT seq_id FROM fedmsg_archive"
+                    f" WHERE {where} ORDER BY seq_id LIMIT {_PRUNE_CHUNK})"
+                ),
+                params,
+            )
+            n = cur.rowcount
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except Exception:
+                pass
+            raise
+        return max(n, 0)
+
+    def _delete_over_count(self, keep: int) -> int:
+        b = self._backend
+        row = self._writer().execute(
+            b.sql("SELECT seq_id FROM fedmsg_archive ORDER BY seq_id DESC LIMIT 1 OFFSET ?"),
+            (keep,),
+        ).fetchone()
+        if row is None:
+            return 0
+        return self._delete_chunk("seq_id <= ?", (row[0],))
+
+    def _prune_quietly(self) -> defer.Deferred:
+        # A LoopingCall stops for good on an error; pruning must not.
+        def failed(f: Any) -> None:
+            self.counters["prune_failed"] += 1
+            log.failure("Archive {url}: pruning failed", f, url=self.url)
+
+        return self.prune().addErrback(failed)
+
+    # -- reading -----------------------------------------------------------------
+
+    def _reader(self) -> Any:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or getattr(conn, "closed", False):
+            conn = self._backend.connect(writer=False)
+            self._local.conn = conn
+            self._reader_conns.append(conn)
+        return conn
+
+    def get(
+        self,
+        *,
+        seq_ids: Iterable[int] | None = None,
+        seq_id_range: tuple[int, int] | None = None,
+        msg_ids: Iterable[str] | None = None,
+        time_range: tuple[float, float] | None = None,
+        since_seq: int | None = None,
+        limit: int | None = None,
+    ) -> defer.Deferred:
+        """
+        Archived messages matching I{any} of the given selectors (they are
+        OR-ed, as in fedmsg's replay), in seq_id order, at most C{limit}.
+        Ranges are inclusive; C{since_seq} selects seq_ids greater than it.
+        No selector at all selects everything.
+
+        @return: Deferred firing with a list of L{Row}.
+        """
+        b = self._backend
+        clauses: list[str] = []
+        params: list[Any] = []
+        if seq_ids is not None:
+            ids = [int(i) for i in seq_ids]
+            if ids:
+                c, p = b.in_clause("seq_id", ids)
+                clauses.append(c)
+                params += p
+            else:
+                clauses.append("1 = 0")
+        if seq_id_range is not None:
+            clauses.append("seq_id BETWEEN ? AND ?")
+            params += [int(seq_id_range[0]), int(seq_id_range[1])]
+        if msg_ids is not None:
+            mids = [str(m) for m in msg_ids]
+            if mids:
+                c, p = b.in_clause("msg_id", mids)
+                clauses.append(c)
+                params += p
+            else:
+                clauses.append("1 = 0")
+        if time_range is not None:
+            clauses.append("timestamp BETWEEN ? AND ?")
+            params += [float(time_range[0]), float(time_range[1])]
+        if since_seq is not None:
+            clauses.append("seq_id > ?")
+            params.append(int(since_seq))
+        sql = f"SELECT {_COLUMNS} FROM fedmsg_archive"
+        if clauses:
+            sql += " WHERE " + " OR ".join(f"({c})" for c in clauses)
+        sql += " ORDER BY seq_id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return self._on_reader(self._select, b.sql(sql), params)
+
+    def _select(self, sql: str, params: list[Any]) -> list[Row]:
+        rows = self._reader().execute(sql, params).fetchall()
+        return [
+            Row(
+                seq_id=r[0],
+                msg_id=r[1],
+                topic=r[2],
+                timestamp=r[3],
+                username=r[4],
+                agent=r[5],
+                category=r[6],
+                received=r[7],
+                body=bytes(r[8]),
+            )
+            for r in rows
+        ]
+
+    def latest_seq(self) -> defer.Deferred:
+        """
+        The highest seq_id stored, or L{None} when the archive is empty.
+        """
+        return self._on_reader(self._latest)
+
+    def _latest(self) -> int | None:
+        row = self._reader().execute("SELECT max(seq_id) FROM fedmsg_archive").fetchone()
+        return row[0] if row else None
+
+    def count(self) -> defer.Deferred:
+        """
+        How many messages the archive holds.
+        """
+        return self._on_reader(
+            lambda: self._reader().execute("SELECT count(*) FROM fedmsg_archive").fetchone()[0]
+        )
+
+
+class ArchiveService(service.Service):
+    """
+    An L{Archive} as a service.  A failure to open is logged loudly; the
+    Deferred from L{startService} is kept as C{self.started} for whoever
+    wants to wait on it (twistd ignores it).
+    """
+
+    name = "archive"
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.started: defer.Deferred | None = None
+
+    def startService(self) -> None:
+        super().startService()
+
+        def failed(f: Any) -> Any:
+            log.critical("Archive {url} cannot be used: {error}", url=self.archive.url, error=f.value)
+            return f
+
+        self.started = self.archive.start().addErrback(failed)
+        self.started.addErrback(lambda f: None)
+
+    def stopService(self) -> defer.Deferred:
+        super().stopService()
+        return self.archive.stop()
