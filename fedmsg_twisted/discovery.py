@@ -138,15 +138,14 @@ def static_endpoints(config: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
     """
     The addresses a subscriber connects to from the static config.
 
-    That is every C{endpoints} entry without the C{relay_inbound} addresses
-    (those are the relay's SUB side, for publishers).  Entries left empty are
-    omitted; duplicates inside one entry are dropped.
+    Like fedmsg: every C{endpoints} entry except the one named
+    C{relay_inbound} (where publishers send, not where they listen).
+    Entries left empty are omitted; duplicates inside one entry are dropped.
     """
-    inbound = set(config.get("relay_inbound", ()))
     out: dict[str, tuple[str, ...]] = {}
     for name, addrs in config.get("endpoints", {}).items():
-        kept = tuple(dict.fromkeys(a for a in addrs if a not in inbound))
-        if kept:
+        kept = tuple(dict.fromkeys(addrs))
+        if name != "relay_inbound" and kept:
             out[name] = kept
     return out
 
@@ -306,12 +305,19 @@ class SRVDiscoveryService(service.Service):
     (clamped to [C{min_interval}, C{max_interval}]), or C{retry_interval}
     after a failure.  A failure keeps the last good addresses.
 
-    C{on_change(name=domain, added=set, removed=set)} reports changes to the
-    set of addresses the subscriber should be connected to.  The sets are
-    net changes of the union of all sources: an address that is a static
-    endpoint (L{static_endpoints}) or that another domain still provides is
-    never added or removed, so a subscriber can keep exactly one connection
-    per address.  Addresses listed in C{relay_inbound} are never added.
+    C{on_change(name=..., added=set, removed=set)} reports changes to the
+    set of addresses the subscriber should be connected to, so that it keeps
+    exactly one connection per address:
+
+      - the sets are net changes of the union of all sources: an address
+        that is a static endpoint or that another domain still provides is
+        never added or removed again;
+      - an address is added under the name of the domain that first
+        provided it, and later removed under that same name (it may then be
+        a different domain's lookup that caused the removal, and one lookup
+        may cause one call per name);
+      - addresses of the C{relay_inbound} config key are never added.
+
     C{on_change} is called on the reactor thread and never with two empty
     sets; if it raises, the error is logged and discovery goes on.
 
@@ -332,12 +338,15 @@ class SRVDiscoveryService(service.Service):
         max_interval: float = MAX_INTERVAL,
         retry_interval: float = RETRY_INTERVAL,
         timeout: float = TIMEOUT,
+        static: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         """
         @param resolve: C{resolve(domain) -> Deferred[Resolution]} failing
             with L{DiscoveryError}; default: L{srv_query} in the reactor's
             thread pool against C{srv_nameservers}.
         @param timeout: seconds one lookup may take (default resolver only).
+        @param static: the endpoints the subscriber connects to anyway
+            (default L{static_endpoints}C{(config)}); never reported.
         @raise ConfigError: for a bad C{srv_endpoints} or C{srv_nameservers}.
         """
         if reactor is None:
@@ -352,7 +361,10 @@ class SRVDiscoveryService(service.Service):
         self._resolve = resolve if resolve is not None else self._thread_resolve
         self._min, self._max, self._retry = float(min_interval), float(max_interval), float(retry_interval)
         self._timeout = float(timeout)
-        self._static = {a for addrs in static_endpoints(config).values() for a in addrs}
+        if static is None:
+            static = static_endpoints(config)
+        self._static = {a for addrs in static.values() for a in addrs}
+        self._owner: dict[str, str] = {}
         self._inbound = set(config.get("relay_inbound", ()))
         self._current: dict[str, tuple[str, ...]] = {}
         self._calls: dict[str, Any] = {}
@@ -370,12 +382,17 @@ class SRVDiscoveryService(service.Service):
         """
         return dict(self._current)
 
-    def endpoints(self) -> tuple[str, ...]:
+    def endpoints(self) -> dict[str, tuple[str, ...]]:
         """
-        Every discovered address the subscriber should be connected to: the
-        union over domains, minus static and C{relay_inbound} addresses.
+        The discovered addresses the subscriber should be connected to now,
+        by the name they were reported under (the sum of every C{on_change}):
+        the union over domains, minus static and C{relay_inbound} addresses.
         """
-        return tuple(self._wanted())
+        out: dict[str, tuple[str, ...]] = {}
+        for addr in self._wanted():
+            owner = self._owner[addr]
+            out[owner] = out.get(owner, ()) + (addr,)
+        return out
 
     def startService(self) -> None:
         super().startService()
@@ -413,10 +430,7 @@ class SRVDiscoveryService(service.Service):
         self._calls.pop(domain, None)
         if not self.running:
             return
-        try:
-            d = defer.maybeDeferred(self._resolve, domain)
-        except Exception:  # pragma: no cover - maybeDeferred catches
-            d = defer.fail()
+        d = defer.maybeDeferred(self._resolve, domain)
         self._inflight[domain] = d
         d.addCallbacks(self._resolved, self._failed, callbackArgs=(domain,), errbackArgs=(domain,))
         d.addErrback(self._internal_error, domain)
@@ -449,13 +463,23 @@ class SRVDiscoveryService(service.Service):
                 ttl=res.ttl,
             )
             added = {a for a in after if a not in before}
-            removed = {a for a in before if a not in after}
-            if added or removed:
-                try:
-                    self._on_change(name=domain, added=added, removed=removed)
-                except Exception:
-                    log.failure("SRV discovery for {domain}: on_change failed", domain=domain)
+            removed: dict[str, set[str]] = {}
+            for a in before:
+                if a not in after:
+                    removed.setdefault(self._owner.pop(a), set()).add(a)
+            for a in added:
+                self._owner[a] = domain
+            if added or domain in removed:
+                self._report(domain, added, removed.pop(domain, set()))
+            for owner, gone in removed.items():
+                self._report(owner, set(), gone)
         return min(max(float(res.ttl), self._min), self._max)
+
+    def _report(self, name: str, added: set[str], removed: set[str]) -> None:
+        try:
+            self._on_change(name=name, added=added, removed=removed)
+        except Exception:
+            log.failure("SRV discovery: on_change({name}) failed", name=name)
 
     def _failed(self, failure: Any, domain: str) -> float | None:
         if not self.running:

@@ -76,14 +76,17 @@ class SRVToEndpointsTests(unittest.TestCase):
 
 
 class StaticEndpointsTests(unittest.TestCase):
-    def test_relay_inbound_removed(self):
+    def test_relay_inbound_skipped(self):
+        """
+        Like fedmsg, the endpoints entry named relay_inbound is skipped.
+        """
         cfg = _config(
             endpoints={
                 "relay_outbound": ["tcp://r:4001"],
                 "relay_inbound": ["tcp://r:2003"],
                 "app.host": ["tcp://h:3000", "tcp://h:3000", "tcp://h:3001"],
+                "empty": [],
             },
-            relay_inbound=["tcp://r:2003"],
         )
         self.assertEqual(
             static_endpoints(cfg),
@@ -189,7 +192,7 @@ class ServiceUnitTests(unittest.TestCase):
         self.clock.advance(60)
         self.resolver.answer("a.example", 60, ("h3", 3), ("h2", 2))
         self.assertEqual(len(self.changes), 2)
-        self.assertEqual(svc.endpoints(), ("tcp://h2:2", "tcp://h3:3"))
+        self.assertEqual(svc.endpoints(), {"a.example": ("tcp://h2:2", "tcp://h3:3")})
 
     def test_ttl_floor_and_cap(self):
         self.make()
@@ -241,7 +244,8 @@ class ServiceUnitTests(unittest.TestCase):
     def test_net_changes_across_sources(self):
         """
         Static endpoints, relay_inbound and addresses another domain still
-        provides are never reported.
+        provides are never reported; an address is removed under the name it
+        was added under.
         """
         svc = self.make(
             srv_endpoints=["a.example", "b.example"],
@@ -252,15 +256,39 @@ class ServiceUnitTests(unittest.TestCase):
         self.assertEqual(self.changes, [{"name": "a.example", "added": {"tcp://shared:3", "tcp://a:4"}, "removed": set()}])
         self.resolver.answer("b.example", 60, ("shared", 3), ("b", 5))
         self.assertEqual(self.changes[-1], {"name": "b.example", "added": {"tcp://b:5"}, "removed": set()})
-        # Ordered as the SRV answers order them (target breaks the tie here).
-        self.assertEqual(svc.endpoints(), ("tcp://a:4", "tcp://shared:3", "tcp://b:5"))
+        # Ordered as the SRV answer orders them (the target breaks the tie here).
+        self.assertEqual(svc.endpoints(), {"a.example": ("tcp://a:4", "tcp://shared:3"), "b.example": ("tcp://b:5",)})
         # a drops shared: b still has it, so nothing to report.
         self.clock.advance(60)
         self.resolver.answer("a.example", 60, ("a", 4))
-        self.resolver.answer("b.example", 60, ("b", 5))
-        self.assertEqual(self.changes[-1], {"name": "b.example", "added": set(), "removed": {"tcp://shared:3"}})
-        self.assertEqual(len(self.changes), 3)
+        self.assertEqual(len(self.changes), 2)
         self.assertEqual(svc.current()["a.example"], ("tcp://a:4",))
+        # b drops it too, and adds one: two calls, the removal under a's name.
+        self.resolver.answer("b.example", 60, ("b", 5), ("b", 6))
+        self.assertEqual(
+            self.changes[2:],
+            [
+                {"name": "b.example", "added": {"tcp://b:6"}, "removed": set()},
+                {"name": "a.example", "added": set(), "removed": {"tcp://shared:3"}},
+            ],
+        )
+        self.assertEqual(svc.endpoints(), {"a.example": ("tcp://a:4",), "b.example": ("tcp://b:5", "tcp://b:6")})
+
+    def test_static_override(self):
+        """
+        The subscriber may pass the static endpoints it really connects to.
+        """
+        svc = SRVDiscoveryService(
+            _config(srv_endpoints=["a.example"], endpoints={"x": ["tcp://x:1"]}),
+            lambda **kw: self.changes.append(kw),
+            clock=self.clock,
+            resolve=self.resolver,
+            static={"mine": ["tcp://m:1"]},
+        )
+        svc.startService()
+        self.addCleanup(self.stop, svc)
+        self.resolver.answer("a.example", 60, ("m", 1), ("x", 1))
+        self.assertEqual(self.changes, [{"name": "a.example", "added": {"tcp://x:1"}, "removed": set()}])
 
     def test_on_change_error_is_logged(self):
         def broken(**kw):
@@ -322,7 +350,7 @@ class LiveDNSTests(unittest.TestCase):
         self.changes = []
         kw.setdefault("min_interval", 0)
         kw.setdefault("retry_interval", 0.2)
-        kw.setdefault("timeout", 0.5)
+        kw.setdefault("timeout", 1.0)
         svc = SRVDiscoveryService(config, lambda **c: self.changes.append(c), **kw)
         svc.startService()
         self.addCleanup(lambda: svc.stopService() if svc.running else None)
@@ -334,6 +362,12 @@ class LiveDNSTests(unittest.TestCase):
         """
         target = svc.lookups[domain] + n
         await wait_for(lambda: svc.lookups[domain] >= target, what=f"{n} lookups of {domain}")
+
+    async def error_seen(self, svc, domain, reason):
+        """
+        Wait until a lookup of C{domain} has failed with C{reason}.
+        """
+        await wait_for(lambda: reason in (svc.last_error[domain] or ""), what=f"{reason} for {domain}")
 
     async def test_follows_record_changes(self):
         server = await DNSServer.start(self, zone="test", ttl=1)
@@ -359,14 +393,11 @@ class LiveDNSTests(unittest.TestCase):
 
         # NXDOMAIN, SERVFAIL and a silent server: the last good set stays.
         server.remove(name)
-        await self.lookups_after(svc, "site.test")
-        self.assertIn("NXDOMAIN", svc.last_error["site.test"])
+        await self.error_seen(svc, "site.test", "NXDOMAIN")
         server.mode = "servfail"
-        await self.lookups_after(svc, "site.test")
-        self.assertIn("SERVFAIL", svc.last_error["site.test"])
+        await self.error_seen(svc, "site.test", "SERVFAIL")
         server.mode = "drop"
-        await self.lookups_after(svc, "site.test")
-        self.assertIn("timeout", svc.last_error["site.test"])
+        await self.error_seen(svc, "site.test", "timeout")
         self.assertEqual(svc.current(), good)
         self.assertEqual(len(self.changes), 2)
         self.assertTrue(svc.running)
@@ -435,7 +466,7 @@ class LiveDNSTests(unittest.TestCase):
         )
         svc = await self.start(cfg)
         await wait_for(lambda: len(svc.current()) == 2 and svc.lookups["missing.test"], what="all lookups")
-        self.assertEqual(svc.endpoints(), ("tcp://127.0.0.1:4002", "tcp://127.0.0.1:4003"))
+        self.assertEqual(svc.endpoints(), {"a.test": ("tcp://127.0.0.1:4002",), "b.test": ("tcp://127.0.0.1:4003",)})
         self.assertEqual(
             sorted(self.changes, key=lambda c: c["name"]),
             [
@@ -484,3 +515,69 @@ class LiveDNSTests(unittest.TestCase):
                     self.fail(f"{domain} resolved")
 
         return defer.Deferred.fromCoroutine(run())
+
+
+class SubscriberFollowsDNSTests(unittest.TestCase):
+    """
+    The real subscriber, plugged into discovery, follows SRV changes: it
+    connects to the publisher the records name and drops the one removed.
+    """
+
+    timeout = 60
+
+    async def test_subscriber_follows_srv(self):
+        from fedmsg_twisted.publisher import PublisherService
+        from fedmsg_twisted.subscriber import SubscriberService
+        from tests.util import free_port, tcp
+
+        p1, p2 = free_port(), free_port()
+        pubs = {}
+        for name, port in (("pub1", p1), ("pub2", p2)):
+            pub = PublisherService(
+                from_dict({"endpoints": {name: [tcp(port)]}, "name": name, "topic_prefix": "org.test"})
+            )
+            pub.startService()
+            self.addCleanup(pub.stopService)
+            pubs[name] = pub
+
+        server = await DNSServer.start(self, zone="test", ttl=1)
+        server.set_srv("_fedmsg._tcp.site.test", [(0, 0, p1, "127.0.0.1.")])
+        cfg = from_dict({"endpoints": {}, "srv_endpoints": ["site.test"], "srv_nameservers": [server.address]})
+        got = []
+        sub = SubscriberService(cfg, lambda *a: got.append(a))
+
+        def on_change(name, added, removed):
+            for a in removed:
+                sub.remove_endpoint(name, a)
+            for a in added:
+                sub.add_endpoint(name, a)
+
+        disco = SRVDiscoveryService(cfg, on_change, min_interval=0, retry_interval=0.2, timeout=1.0)
+        sub.startService()
+        self.addCleanup(sub.stopService)
+        disco.startService()
+        self.addCleanup(lambda: disco.stopService() if disco.running else None)
+
+        async def receive_from(pub, port):
+            before = len(got)
+            await wait_for(pub.has_subscriber, what=f"subscriber on {port}")
+            await pub.publish(topic="hello", msg={"port": port}, modname="disco")
+            await wait_for(lambda: len(got) > before, what=f"message via {port}")
+            return got[-1]
+
+        name, endpoint, topic, msg = await receive_from(pubs["pub1"], p1)
+        self.assertEqual((name, endpoint, topic), ("site.test", tcp(p1), "org.test.dev.disco.hello"))
+        self.assertEqual(msg["msg"], {"port": p1})
+
+        server.set_srv("_fedmsg._tcp.site.test", [(0, 0, p2, "127.0.0.1.")])
+        await wait_for(lambda: sub.endpoints() == {"site.test": (tcp(p2),)}, what="switch to pub2")
+        name, endpoint, topic, msg = await receive_from(pubs["pub2"], p2)
+        self.assertEqual((name, endpoint), ("site.test", tcp(p2)))
+        # The subscriber really left pub1.
+        await wait_for(lambda: not pubs["pub1"].has_subscriber(), what="pub1 loses its subscriber")
+
+        # NXDOMAIN keeps the subscriber on pub2.
+        server.remove("_fedmsg._tcp.site.test")
+        await wait_for(lambda: "NXDOMAIN" in (disco.last_error["site.test"] or ""), what="NXDOMAIN")
+        self.assertEqual(sub.endpoints(), {"site.test": (tcp(p2),)})
+        await receive_from(pubs["pub2"], p2)
