@@ -479,7 +479,7 @@ class LiveDNSTests(unittest.TestCase):
     async def test_stop_waits_for_lookup_in_flight(self):
         server = await DNSServer.start(self, zone="test")
         server.mode = "drop"
-        svc = await self.start(_config(srv_endpoints=["site.test"], srv_nameservers=[server.address]), timeout=0.3)
+        svc = await self.start(_config(srv_endpoints=["site.test"], srv_nameservers=[server.address]), timeout=1.0)
         await wait_for(lambda: server.queries, what="query sent")
         self.assertEqual(svc.lookups["site.test"], 0)
         await svc.stopService()
