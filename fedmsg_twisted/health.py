@@ -550,6 +550,7 @@ class HealthService(Service):
 
         endpoint = endpoints.serverFromString(self._reactor, self.listen)
         site = _QuietSite(_HealthResource(self.components))
+        site.noisy = False
         result: list[Any] = []
         endpoint.listen(site).addBoth(result.append)
         if not result:
