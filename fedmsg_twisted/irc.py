@@ -357,10 +357,10 @@ class BotProtocol(irc.IRCClient):
     An IRC client that registers (with SASL PLAIN, PASS, NickServ as
     configured), joins its channels, and says what its L{Network} gives it.
 
-    C{registered} fires with the protocol once the server welcomed us (after
-    SASL, when used); it fails if the connection ends first.  Lines go out at
-    once: pacing is the L{Network}'s queue, on the injected clock (Twisted's
-    own C{lineRate} uses the global reactor and an unbounded list).
+    The L{Network} hears of it once the server welcomed us (after SASL, when
+    used).  Lines go out at once: pacing is the L{Network}'s queue, on the
+    injected clock (Twisted's own C{lineRate} uses the global reactor and an
+    unbounded list).
     """
 
     lineRate = None
@@ -376,7 +376,6 @@ class BotProtocol(irc.IRCClient):
         self.realname = s.realname
         self.password = s.password
         self.heartbeatInterval = s.ping_interval or None
-        self.registered: defer.Deferred = defer.Deferred()
         self.joined_channels: set[str] = set()
         self.no_colour: set[str] = set()
         self.sasl_ok = False
@@ -423,8 +422,6 @@ class BotProtocol(irc.IRCClient):
         self._cancel_all()
         super().connectionLost(reason)
         self.network.disconnected(self, reason)
-        if not self.registered.called:
-            self.registered.errback(reason)
 
     def register(self, nickname: str, hostname: str = "foo", servername: str = "bar") -> None:
         if self.settings.sasl_password:
@@ -528,7 +525,6 @@ class BotProtocol(irc.IRCClient):
             self._join(c)
         if self.nickname != self.wanted_nick:
             self._start_regain()
-        self.registered.callback(self)
         self.network.connected(self)
 
     def _join(self, c: ChannelSettings) -> None:
@@ -713,6 +709,7 @@ class Network(service.MultiService):
         self,
         settings: NetworkSettings,
         *,
+        index: int = 0,
         method: str = "notice",
         reactor: Any = None,
         clock: Any = None,
@@ -738,28 +735,71 @@ class Network(service.MultiService):
         self._drain_call = None
         self._pending: defer.Deferred = defer.succeed(None)
         self._shortener = shortener
-        self.setName(settings.name)
+        self._waiters: list[defer.Deferred] = []
+        self._bad_sessions = 0
+        self._since = 0.0
+        #: Why the last connection ended before it was usable (TLS
+        #: verification, a refused password, ...), for logs and tests.
+        self.last_failure: Failure | None = None
+        self.failures = 0
+        self.setName(f"irc[{index}] {settings.name}")
+        backoff = backoffPolicy(initialDelay=1.0, maxDelay=settings.reconnect_max_delay)
+        # ClientService resets its failure count whenever TCP connects, so a
+        # server that accepts and then refuses us (bad password, TLS
+        # verification, K-line) would be retried every second; we count such
+        # sessions ourselves.  (prepareConnection would be the natural gate,
+        # but Twisted 26's ClientService raises NoTransition when the
+        # connection is lost while it is pending.)
         self.client = ClientService(
             endpoint or make_endpoint(settings, reactor),
             BotFactory(self),
-            retryPolicy=backoffPolicy(initialDelay=1.0, maxDelay=settings.reconnect_max_delay),
+            retryPolicy=lambda attempt: backoff(max(attempt, self._bad_sessions)),
             clock=self.clock,
-            prepareConnection=lambda p: p.registered,
         )
         self.client.setServiceParent(self)
+
+    def when_ready(self) -> defer.Deferred:
+        """
+        Fires with the registered L{BotProtocol}: now, or at the next
+        successful registration.
+        """
+        if self.protocol is not None:
+            return defer.succeed(self.protocol)
+        d: defer.Deferred = defer.Deferred()
+        self._waiters.append(d)
+        return d
 
     # -- connection state
     def connected(self, p: BotProtocol) -> None:
         self.protocol = p
+        self._since = self.clock.seconds()
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(p)
         self.wake()
 
     def disconnected(self, p: BotProtocol, reason: Failure) -> None:
         if self.protocol is p:
-            log.warn("{net}: connection lost: {why}", net=self.settings.name, why=reason.getErrorMessage())
             self.protocol = None
+            lasted = self.clock.seconds() - self._since
+            self._bad_sessions = self._bad_sessions + 1 if lasted < 60 else 0
+            if self.running:
+                log.warn("{net}: connection lost: {why}", net=self.settings.name, why=reason.getErrorMessage())
+        else:
+            self._bad_sessions += 1
+            self.failures += 1
+            self.last_failure = reason
+            if self.running:
+                log.error(
+                    "{net}: connection ended before registration: {why}",
+                    net=self.settings.name,
+                    why=reason.getErrorMessage(),
+                )
         self._stop_drain()
 
     def stopService(self):
+        if not self.running:
+            return defer.succeed(None)
         self._stop_drain()
         p = self.protocol
         if p is not None and p.transport is not None:
@@ -963,9 +1003,10 @@ class IRCBotService(service.MultiService):
         method = config.get("irc_method", "notice")
         shortener = shortener or _agent_shortener(reactor)
         self.networks: list[Network] = []
-        for s in settings:
+        for i, s in enumerate(settings):
             n = Network(
                 s,
+                index=i,
                 method=method,
                 reactor=reactor,
                 clock=clock,
@@ -981,6 +1022,11 @@ class IRCBotService(service.MultiService):
 
             self.subscriber = SubscriberService(config, self._received, reactor=reactor)
             self.subscriber.setServiceParent(self)
+
+    def stopService(self):
+        if not self.running:
+            return defer.succeed(None)
+        return super().stopService()
 
     def _received(self, name: str, endpoint: str, topic: str, msg: Any) -> None:
         self.announce(msg)

@@ -11,7 +11,6 @@ assert on exactly what reached the channel.
 
 from __future__ import annotations
 
-import datetime
 import os
 import shutil
 
@@ -30,75 +29,17 @@ def have_ngircd() -> bool:
 
 def write_certs(directory: str, hostname: str = "localhost") -> dict[str, str]:
     """
-    A throwaway CA and a server certificate for C{hostname} (and 127.0.0.1),
-    as PEM files in C{directory}.  Returns their paths.
+    A throwaway CA (tests/certs.py) and a server certificate for C{hostname}
+    and 127.0.0.1.  Returns the paths of C{ca}, C{cert} and C{key}.
     """
-    import ipaddress
+    from tests.certs import make_pki
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    os.makedirs(directory, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("fedmsg-twisted test CA"))
-        .issuer_name(name("fedmsg-twisted test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name(hostname))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName(hostname), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = {
-        "ca": os.path.join(directory, "ca.pem"),
-        "cert": os.path.join(directory, "server.pem"),
-        "key": os.path.join(directory, "server.key"),
-    }
-    with open(paths["ca"], "wb") as f:
-        f.write(ca.public_bytes(serialization.Encoding.PEM))
-    with open(paths["cert"], "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(paths["key"], "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            )
-        )
-    for p in paths.values():
-        os.chmod(p, 0o644)  # ngircd drops root for "nobody" before a rehash
-    return paths
+    pki = make_pki(directory, crl=False)
+    crt, key = pki.issue(hostname, client=False, server=True, dns=[hostname], ips=["127.0.0.1"], name="server")
+    for p in (crt, key, pki.ca_cert_path):
+        os.chmod(p, 0o644)  # ngircd runs as "nobody"
+    os.chmod(directory, 0o755)
+    return {"ca": pki.ca_cert_path, "cert": crt, "key": key}
 
 
 class NgircdServer:
