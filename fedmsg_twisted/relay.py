@@ -99,6 +99,12 @@ class RelayService(Service):
         self._in = self._out = None
         return defer.succeed(None)
 
+    def has_subscriber(self) -> bool:
+        """
+        Is any subscriber connected to the outbound side?
+        """
+        return self._out is not None and self._out.has_subscriber()
+
     def add_sink(self, sink: Sink) -> None:
         """
         Call C{sink(topic, body, envelope)} for every message forwarded.
