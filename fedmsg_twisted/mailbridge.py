@@ -293,6 +293,7 @@ class MailBridge(MultiService):
         return result
 
     async def _ingest(self, raw: bytes, key: str, origin: str) -> str:
+        log.info("Took mail {key} ({size} bytes) from {origin}", key=key, size=len(raw), origin=origin)
         if key in self.record:
             self.counters.incr("mail", DUPLICATE)
             log.info("Mail {key} from {origin} was already published; acknowledged again",
