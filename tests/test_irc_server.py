@@ -98,15 +98,15 @@ class AnnounceTests(ServerTestsMixin, unittest.TestCase):
             await wait_for(lambda: net.protocol is not None and CHANNEL in net.protocol.joined_channels, what=nick)
         await self.bot.announce(envelope("org.fedoraproject.dev.announce.announcement",
                                          {"message": "GOLD", "link": "https://l.example/x"}))
-        await self.bot.announce(envelope("org.debian.prod.dak.upload", {"source": "hello", "version": "2.10-3"}))
+        await self.bot.announce(envelope("org.debian.prod.tracker.new", {"source": "hello", "version": "2.10-3"}))
         await wait_for(lambda: len(watcher.said(CHANNEL)) == 4, what="four lines")
         got = sorted(watcher.said(CHANNEL))
         self.assertEqual(
             got,
             [
                 ("fedbot", "PRIVMSG", "\x0315announce.announcement\x03 -- GOLD \x0310https://l.example/x\x03"),
-                ("fedbot", "PRIVMSG", "\x0315dak.upload\x03 -- source=hello version=2.10-3"),
-                ("rawbot", "PRIVMSG", 'org.debian.prod.dak.upload     {"i":1,"msg":{"source":"hello","version":"2.10-3"},'
+                ("fedbot", "PRIVMSG", "\x0315tracker.new\x03 -- source=hello version=2.10-3"),
+                ("rawbot", "PRIVMSG", 'org.debian.prod.tracker.new     {"i":1,"msg":{"source":"hello","version":"2.10-3"},'
                                       '"msg_id":"2026-x","timestamp":1700000000.0,"username":"ralph"}'),
                 ("rawbot", "PRIVMSG", 'org.fedoraproject.dev.announce.announcement {"i":1,"msg":{"link":"https://l.example/x",'
                                       '"message":"GOLD"},"msg_id":"2026-x","timestamp":1700000000.0,"username":"ralph"}'),
@@ -121,13 +121,13 @@ class AnnounceTests(ServerTestsMixin, unittest.TestCase):
         await self.start_server()
         watcher = await raw_client(self, self.server.port, "watcher")
         await watcher.join("#all")
-        await watcher.join("#dak")
-        self.start_bot(channel="all", channels=[{"name": "#dak", "include": ["dak.*", "org.debian.prod.ftp"]}],
+        await watcher.join("#tracker")
+        self.start_bot(channel="all", channels=[{"name": "#tracker", "include": ["tracker.*", "org.debian.prod.ftp"]}],
                        filters={"topic": ["secret"], "body": ["'private': True"]})
         await self.bot_in_channel(watcher, channel="#all")
-        await self.bot_in_channel(watcher, channel="#dak")
+        await self.bot_in_channel(watcher, channel="#tracker")
         for e in [
-            envelope("org.debian.prod.dak.upload", {"source": "a"}),
+            envelope("org.debian.prod.tracker.new", {"source": "a"}),
             envelope("org.debian.prod.secret.thing", {"source": "b"}),
             envelope("org.debian.prod.git.push", {"source": "c", "private": True}),
             envelope("org.debian.prod.ftp.sync", {"source": "d"}),
@@ -138,9 +138,9 @@ class AnnounceTests(ServerTestsMixin, unittest.TestCase):
         await sleep(0.2)
         self.assertEqual(
             [t for _, _, t in watcher.said("#all")],
-            ["dak.upload -- source=a", "ftp.sync -- source=d", "ftpmaster.x -- source=e"],
+            ["tracker.new -- source=a", "ftp.sync -- source=d", "ftpmaster.x -- source=e"],
         )
-        self.assertEqual([t for _, _, t in watcher.said("#dak")], ["dak.upload -- source=a", "ftp.sync -- source=d"])
+        self.assertEqual([t for _, _, t in watcher.said("#tracker")], ["tracker.new -- source=a", "ftp.sync -- source=d"])
 
     async def test_long_line_split_without_breaking_utf8(self):
         """

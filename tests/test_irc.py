@@ -1,0 +1,398 @@
+"""
+Unit tests of the IRC bot's protocol, queue and configuration.
+
+The protocol runs on a C{StringTransport} with a C{Clock}: the test plays
+the server's side line by line, with the exact replies a server sends.  That
+is how SASL, NickServ and the +c channel mode are tested: ngircd (the real
+server of tests/test_irc_server.py) has no SASL, no services and no channel
+mode c, and InspIRCd + Atheme is too heavy to start per test.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial import unittest
+
+from fedmsg_twisted import irc
+from fedmsg_twisted.config import ConfigError, from_dict
+
+
+def settings(**kw) -> irc.NetworkSettings:
+    entry = {"network": "irc.example.org", "nickname": "fedbot", "channel": "#chan", "make_terse": True}
+    entry.update(kw)
+    return irc.parse_irc_entry(entry, "irc[0]")
+
+
+class Harness:
+    """
+    A L{Network} (not started) and one connected L{BotProtocol}.
+    """
+
+    def __init__(self, **kw) -> None:
+        self.clock = Clock()
+        self.net = irc.Network(settings(**kw), reactor=MemoryReactorClock(), clock=self.clock)
+        self.proto = irc.BotProtocol(self.net)
+        self.transport = StringTransport()
+        self.proto.makeConnection(self.transport)
+
+    def sent(self) -> list[str]:
+        lines = self.transport.value().decode("utf-8").split("\r\n")
+        self.transport.clear()
+        return [l for l in lines if l]
+
+    def server(self, *lines: str | bytes) -> None:
+        for line in lines:
+            if isinstance(line, str):
+                line = line.encode("utf-8")
+            self.proto.dataReceived(line + b"\r\n")
+
+    def welcome(self, nick: str = "fedbot") -> None:
+        self.server(f":irc.example.org 001 {nick} :Welcome", f":irc.example.org 005 {nick} NICKLEN=30 :are supported")
+
+    def join(self, channel: str = "#chan", nick: str = "fedbot") -> None:
+        self.server(f":{nick}!u@h JOIN {channel}")
+
+
+class RegistrationTests(unittest.TestCase):
+    def test_plain_registration_and_join(self):
+        h = Harness(password="pw", channels=[{"name": "#b", "key": "k"}])
+        self.assertEqual(h.sent(), ["PASS pw", "NICK fedbot", "USER fedbot foo bar :fedmsg-twisted IRC bot"])
+        h.welcome()
+        self.assertEqual(h.sent(), ["JOIN #chan", "JOIN #b k"])
+        self.assertIs(h.net.protocol, h.proto)
+        h.join()
+        self.assertEqual(h.sent(), ["MODE #chan"])
+        self.assertEqual(h.proto.joined_channels, {"#chan"})
+
+    def test_sasl_plain(self):
+        """
+        IRCv3 SASL PLAIN: CAP REQ before NICK/USER, AUTHENTICATE PLAIN on
+        ACK, the base64 credentials on "+", CAP END on 903; no NickServ
+        IDENTIFY afterwards since we are logged in.
+        """
+        h = Harness(sasl_password="s3cret", nickserv_password="s3cret")
+        self.assertEqual(h.sent(), ["CAP REQ :sasl", "NICK fedbot", "USER fedbot foo bar :fedmsg-twisted IRC bot"])
+        h.server(":irc.example.org CAP * ACK :sasl")
+        self.assertEqual(h.sent(), ["AUTHENTICATE PLAIN"])
+        h.server("AUTHENTICATE +")
+        self.assertEqual(h.sent(), ["AUTHENTICATE " + base64.b64encode(b"fedbot\0fedbot\0s3cret").decode()])
+        h.server(
+            ":irc.example.org 900 fedbot fedbot!u@h fedbot :You are now logged in as fedbot",
+            ":irc.example.org 903 fedbot :SASL authentication successful",
+        )
+        self.assertEqual(h.sent(), ["CAP END"])
+        self.assertIsNone(h.net.protocol)
+        h.welcome()
+        self.assertEqual(h.sent(), ["JOIN #chan"])
+        self.assertTrue(h.proto.sasl_ok)
+
+    def test_sasl_long_payload_is_chunked(self):
+        h = Harness(sasl_username="acct", sasl_password="x" * 600)
+        h.sent()
+        h.server(":s CAP * ACK :sasl", "AUTHENTICATE +")
+        lines = h.sent()[1:]
+        payload = base64.b64encode(b"acct\0acct\0" + b"x" * 600).decode()
+        self.assertEqual(lines, [f"AUTHENTICATE {payload[i:i + 400]}" for i in range(0, len(payload), 400)])
+        self.assertTrue(all(len(l) <= 413 for l in lines))
+
+    def test_sasl_refused_falls_back_to_nickserv(self):
+        """
+        CAP NAK or a failed SASL exchange still ends CAP negotiation, and
+        NickServ IDENTIFY is used after the welcome.
+        """
+        for server_lines in (
+            [":s CAP * NAK :sasl"],
+            [":s CAP * ACK :sasl", "AUTHENTICATE +", ":s 904 fedbot :SASL authentication failed"],
+        ):
+            h = Harness(sasl_password="pw", nickserv_password="pw", nickserv_account="acct")
+            h.sent()
+            h.server(*server_lines)
+            self.assertEqual(h.sent()[-1], "CAP END")
+            h.welcome()
+            self.assertEqual(h.sent(), ["PRIVMSG NickServ :IDENTIFY acct pw", "JOIN #chan"])
+            self.flushLoggedErrors()
+
+    def test_nick_in_use_then_regained_through_nickserv(self):
+        h = Harness(nickserv_password="pw", regain_interval=30)
+        h.sent()
+        h.server(":s 433 * fedbot :Nickname is already in use")
+        self.assertEqual(h.sent(), ["NICK fedbot_"])
+        h.welcome("fedbot_")
+        self.assertEqual(
+            h.sent(),
+            ["PRIVMSG NickServ :IDENTIFY fedbot pw", "JOIN #chan", "PRIVMSG NickServ :REGAIN fedbot", "NICK fedbot"],
+        )
+        # Still taken: we keep fedbot_ (no fedbot__) and try again later.
+        h.server(":s 433 fedbot_ fedbot :Nickname is already in use")
+        self.assertEqual(h.sent(), [])
+        h.clock.advance(30)
+        self.assertEqual(h.sent(), ["PRIVMSG NickServ :REGAIN fedbot", "NICK fedbot"])
+        h.server(":fedbot_!u@h NICK :fedbot")
+        self.assertEqual(h.proto.nickname, "fedbot")
+        h.clock.advance(300)
+        self.assertEqual(h.sent(), [])
+
+    def test_nick_regained_when_holder_quits(self):
+        h = Harness()
+        h.sent()
+        h.server(":s 433 * fedbot :in use")
+        h.sent()
+        h.welcome("fedbot_")
+        h.sent()
+        h.server(":fedbot!x@y QUIT :bye")
+        self.assertEqual(h.sent(), ["NICK fedbot"])
+
+    def test_too_long_nick_is_shortened(self):
+        h = Harness(nickname="averyverylongnick")
+        h.sent()
+        h.server(":s 433 * averyverylongnick :in use")
+        h.server(":s 432 * averyverylongnick_ :Erroneous nickname")
+        self.assertEqual(h.sent(), ["NICK averyverylongnick_", "NICK averyverylongnic2"])
+
+    def test_registration_timeout(self):
+        h = Harness(timeout=30)
+        h.clock.advance(29)
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(2)
+        self.assertTrue(h.transport.disconnecting)
+        self.flushLoggedErrors()
+
+
+class RobustnessTests(unittest.TestCase):
+    def test_non_utf8_lines_do_not_break_the_connection(self):
+        h = Harness()
+        h.welcome()
+        h.join()
+        h.sent()
+        h.server(b":x!y@z PRIVMSG #chan :caf\xe9 \xff\xfe", b"PING :irc.example.org")
+        self.assertEqual(h.sent(), ["PONG irc.example.org"])
+        self.assertFalse(h.transport.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_dead_link_detected(self):
+        """
+        PINGs go out every ping_interval; when nothing at all has come back
+        for ping_timeout the connection is aborted (ClientService reconnects).
+        """
+        h = Harness(ping_interval=60, ping_timeout=150)
+        h.welcome()
+        h.sent()
+        h.clock.advance(60)
+        self.assertEqual(h.sent(), ["PING irc.example.org"])
+        h.server(":irc.example.org PONG irc.example.org :irc.example.org")
+        h.clock.advance(60)
+        h.clock.advance(60)
+        self.assertEqual(h.sent(), ["PING irc.example.org", "PING irc.example.org"])
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(60)  # 180 s since the PONG
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_kick_logged_and_rejoined(self):
+        h = Harness(rejoin_delay=10, ping_interval=0)
+        h.welcome()
+        h.join()
+        h.sent()
+        h.server(":op!u@h KICK #chan fedbot :spam")
+        self.assertEqual(h.proto.joined_channels, set())
+        h.clock.advance(9)
+        self.assertEqual(h.sent(), [])
+        h.clock.advance(1)
+        self.assertEqual(h.sent(), ["JOIN #chan"])
+        # Banned: retries back off (20 s, then 40 s).
+        h.server(":s 474 fedbot #chan :Cannot join channel (+b)")
+        h.clock.advance(19)
+        self.assertEqual(h.sent(), [])
+        h.clock.advance(1)
+        self.assertEqual(h.sent(), ["JOIN #chan"])
+        h.server(":s 474 fedbot #chan :Cannot join channel (+b)")
+        h.clock.advance(39)
+        self.assertEqual(h.sent(), [])
+        h.clock.advance(1)
+        self.assertEqual(h.sent(), ["JOIN #chan"])
+        h.join()
+        self.assertEqual(h.proto.joined_channels, {"#chan"})
+
+    def test_connection_lost_cancels_timers(self):
+        h = Harness()
+        h.welcome()
+        h.join()
+        h.server(":op!u@h KICK #chan fedbot :x")
+        h.proto.connectionLost(Exception("gone"))
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertIsNone(h.net.protocol)
+        self.flushLoggedErrors()
+
+
+def env(topic="org.fedoraproject.dev.logger.log", **msg) -> dict:
+    return {"topic": topic, "msg": msg or {"log": "hi"}, "username": "u"}
+
+
+class QueueTests(unittest.TestCase):
+    def announce(self, h, e, config=None):
+        from fedmsg_twisted import text
+
+        layer = text.TextLayer(config or {})
+        return h.net.announce(e, layer.text(e), text.raw_line(e))
+
+    def test_colours_follow_channel_mode_c(self):
+        """
+        The bot asks MODE after joining; +c (at join, or set later) means
+        plain text in that channel.
+        """
+        h = Harness(make_pretty=True, line_rate=1.0)
+        h.welcome()
+        h.join()
+        h.sent()
+        self.announce(h, env())
+        h.clock.advance(0)
+        self.assertEqual(h.sent(), ["NOTICE #chan :\x0307logger.log\x03 -- hi (u)"])
+        h.server(":s 324 fedbot #chan +nc")
+        h.clock.advance(1)
+        self.announce(h, env())
+        h.clock.advance(1)
+        self.assertEqual(h.sent(), ["NOTICE #chan :logger.log -- hi (u)"])
+        h.server(":op!u@h MODE #chan -c")
+        self.announce(h, env())
+        h.clock.advance(1)
+        self.assertEqual(h.sent(), ["NOTICE #chan :\x0307logger.log\x03 -- hi (u)"])
+
+    def test_bounded_queue_drops_oldest_with_summary(self):
+        h = Harness(queue_size=3, line_rate=2.0)
+        for n in range(6):
+            self.announce(h, env(log=f"m{n}"))
+        h.welcome()
+        h.join()
+        h.sent()
+        h.clock.advance(0)
+        self.assertEqual(h.sent(), ["NOTICE #chan :*** flood control: 3 older messages dropped"])
+        h.clock.advance(1.9)
+        self.assertEqual(h.sent(), [])
+        h.clock.advance(0.1)
+        self.assertEqual(h.sent(), ["NOTICE #chan :logger.log -- m3 (u)"])
+        h.clock.advance(2)
+        h.clock.advance(2)
+        self.assertEqual(h.sent(), ["NOTICE #chan :logger.log -- m4 (u)", "NOTICE #chan :logger.log -- m5 (u)"])
+        h.clock.advance(2)
+        self.assertEqual(h.sent(), [])
+        self.assertEqual(h.net.stats.get("dropped", "flood"), 3)
+
+    def test_lines_wait_for_join_and_channels_share_the_rate(self):
+        h = Harness(channels=["#a", "#b"], line_rate=1.0)
+        h.welcome()
+        h.sent()
+        self.announce(h, env(log="x"))
+        h.clock.advance(5)
+        self.assertEqual(h.sent(), [])  # not joined yet
+        h.join("#a")
+        h.join("#b")
+        h.sent()
+        h.clock.advance(0)
+        h.clock.advance(1)
+        self.assertEqual(h.sent(), ["NOTICE #a :logger.log -- x (u)", "NOTICE #b :logger.log -- x (u)"])
+
+    def test_msg_method_and_split(self):
+        h = Harness(method="msg", line_rate=1.0)
+        h.welcome()
+        h.join()
+        h.sent()
+        self.announce(h, env(log="\u00e9" * 390))
+        h.clock.advance(0)
+        lines = h.sent()
+        self.assertEqual(len(lines), 2)
+        for l in lines:
+            self.assertTrue(l.startswith("PRIVMSG #chan :"))
+            self.assertLessEqual(len(l.encode("utf-8")) + 2 + len(":fedbot!uuuuuuuuuu@" + "h" * 63 + " "), 512)
+        # The second half waits for its turn.
+        self.assertEqual(len(h.net.clock.getDelayedCalls()), 2)
+
+    def test_shortener_used_and_order_kept(self):
+        """
+        make_short: links are shortened before queueing; a slow or failed
+        shortener falls back to the long link and never reorders lines.
+        """
+        pending = {}
+
+        def shortener(url, template, timeout):
+            d = defer.Deferred()
+            pending[url] = d
+            return d
+
+        clock = Clock()
+        s = settings(make_short=True, line_rate=0.0)
+        net = irc.Network(s, reactor=MemoryReactorClock(), clock=clock, shortener=shortener)
+        from fedmsg_twisted import text
+
+        layer = text.TextLayer({})
+        e1 = {"topic": "x.y.z.announce.a", "msg": {"message": "one", "link": "https://long/1"}}
+        e2 = {"topic": "x.y.z.announce.a", "msg": {"message": "two", "link": "https://long/2"}}
+        net.announce(e1, layer.text(e1), "")
+        net.announce(e2, layer.text(e2), "")
+        pending["https://long/2"].callback(None)  # shortener gave up: the long link
+        self.assertEqual(list(net.queues["#chan"].lines), [])  # waits for the first
+        pending["https://long/1"].callback("https://s/1")
+        self.assertEqual(
+            [l.plain for l in net.queues["#chan"].lines],
+            ["announce.a -- one https://s/1", "announce.a -- two https://long/2"],
+        )
+
+
+class SplitTests(unittest.TestCase):
+    def test_split_utf8(self):
+        self.assertEqual(irc.split_utf8("abc def", 100), ["abc def"])
+        self.assertEqual(irc.split_utf8("", 10), [""])
+        self.assertEqual(irc.split_utf8("aaaa bbbb cccc", 9), ["aaaa bbbb", "cccc"])
+        parts = irc.split_utf8("\u2603" * 10, 7)
+        self.assertEqual(parts, ["\u2603\u2603", "\u2603\u2603", "\u2603\u2603", "\u2603\u2603", "\u2603\u2603"])
+        for p in irc.split_utf8("x" + "\u00e9" * 50, 11):
+            self.assertLessEqual(len(p.encode()), 11)
+
+
+class ConfigTests(unittest.TestCase):
+    def test_fedmsg_entry_unchanged(self):
+        s = irc.parse_irc_entry(
+            {
+                "network": "irc.libera.chat",
+                "port": 6667,
+                "ssl": False,
+                "nickname": "fedmsg-bot",
+                "channel": "fedora-fedmsg",
+                "timeout": 120,
+                "make_pretty": True,
+                "make_terse": True,
+                "make_short": True,
+                "line_rate": 0.9,
+                "filters": {"topic": ["koji"], "body": ["lub-dub"]},
+            },
+            "irc[0]",
+        )
+        self.assertEqual([c.name for c in s.channels], ["#fedora-fedmsg"])
+        self.assertEqual(s.make_short, "https://da.gd/s?url={url}")
+        self.assertEqual(s.line_rate, 0.9)
+        self.assertEqual(s.port, 6667)
+        self.assertEqual(irc.parse_irc_entry({"channel": "#a", "ssl": True}, "x").port, 6697)
+
+    def test_errors_name_the_key(self):
+        cases = [
+            ({"channel": "#a", "nick": "x"}, "irc[0]: unknown key 'nick' (did you mean 'nickname'?)"),
+            ({"channel": "#a", "ca": "x"}, "irc[0]: unknown key 'ca' (did you mean 'ssl_ca'?)"),
+            ({"network": "x"}, "irc[0]: needs 'channel' or 'channels'"),
+            ({"channel": "#a", "port": "6667"}, "irc[0]: key 'port' must be a port number (1-65535); got '6667'"),
+            ({"channel": "#a", "filters": {"topic": ["("]}}, "irc[0]: key 'filters' must be valid regular expressions"),
+            ({"channel": "#a", "ssl_ca": "/x"}, "irc[0]: key 'ssl_ca' needs ssl = true"),
+            ({"channels": [{"nom": "#a"}]}, "irc[0]: key 'channels' must be a channel table with keys name, key, include"),
+        ]
+        for entry, message in cases:
+            e = self.assertRaises(ConfigError, irc.parse_irc_entry, entry, "irc[0]")
+            self.assertTrue(str(e).startswith(message), str(e))
+
+    def test_service_needs_networks(self):
+        e = self.assertRaises(ConfigError, irc.IRCBotService, from_dict({}), subscribe=False)
+        self.assertIn("no IRC networks", str(e))
+
+    def test_unreadable_ca(self):
+        e = self.assertRaises(ConfigError, irc.make_endpoint, settings(ssl=True, ssl_ca="/nonexistent.pem"), None)
+        self.assertIn("ssl_ca '/nonexistent.pem': cannot read", str(e))
