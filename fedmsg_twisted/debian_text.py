@@ -116,7 +116,8 @@ def upload_text(envelope: Mapping[str, Any], topic_prefix: str | None = None) ->
     elif event == "new":
         sub = _join(head, "is NEW: waiting for the ftp-masters")
     else:
-        sub = _join(head, event, "for", m.get("distribution") or "")
+        dist = m.get("distribution")
+        sub = _join(head, event, "for" if dist else "", dist)
     link = m.get("link") or (f"https://tracker.debian.org/pkg/{m['source']}" if m.get("source") else None)
     return _title(envelope, topic_prefix), clean(sub), link
 

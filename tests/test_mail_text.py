@@ -63,6 +63,11 @@ class TextTests(unittest.TestCase):
             "dak.upload.accepted -- foo 1.2-3 accepted into unstable by Zoë Ünal (closes #123456) "
             "https://tracker.debian.org/pkg/foo")
 
+    def test_upload_rejected(self) -> None:
+        raw = mails.plain(subject="foo_1.2-3_amd64.changes REJECTED", headers={"X-Debian": "DAK"})
+        env = envelope(mailparse.parse(raw))
+        self.assertEqual(self.layer.text(env).subtitle, "foo 1.2-3 rejected")
+
     def test_git_receive(self) -> None:
         env = {
             "topic": f"{PREFIX}.dev.git.receive",
