@@ -526,7 +526,8 @@ def to_rst() -> str:
             default = key.default
             if isinstance(default, tuple):
                 default = list(default)
-            lines += [f"``{name}``", f"    Default: ``{default!r}``.", f"    {key.doc}", ""]
+            doc = key.doc.replace("*", "\\*")
+            lines += [f"``{name}``", f"    Default: ``{default!r}``.", f"    {doc}", ""]
     return "\n".join(lines)
 
 

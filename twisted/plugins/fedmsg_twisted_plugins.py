@@ -11,3 +11,31 @@ fedmsgRelay = ServiceMaker(
     "Relay fedmsg messages from active publishers to subscribers",
     "fedmsg-relay",
 )
+
+fedmsgGateway = ServiceMaker(
+    "fedmsg gateway",
+    "fedmsg_twisted.gateway_tap",
+    "Republish a site's bus, unchanged, on one public address",
+    "fedmsg-gateway",
+)
+
+fedmsgHub = ServiceMaker(
+    "fedmsg hub",
+    "fedmsg_twisted.hub_tap",
+    "Host fedmsg consumers in one reactor",
+    "fedmsg-hub",
+)
+
+ircbot = ServiceMaker(
+    "fedmsg IRC bot",
+    "fedmsg_twisted.irc_tap",
+    "Announce fedmsg messages on IRC channels",
+    "ircbot",
+)
+
+fedmsgMailbridge = ServiceMaker(
+    "fedmsg mail bridge",
+    "fedmsg_twisted.mailbridge_tap",
+    "Publish debbugs and dak mails on the bus",
+    "fedmsg-mailbridge",
+)
