@@ -296,6 +296,37 @@ class AcceptTests(PushTestCase):
         self.assertEqual({m["topic"] for m in self.delivered}, {BODHI_TOPIC})
 
     @inline
+    async def test_push_client_signs(self):
+        """
+        With C{sign_messages}, the client signs locally and the relay's
+        subscriber receives a message that validates.
+        """
+        from fedmsg_twisted.crypto import Validator
+
+        self.certs.pki.issue("shell-host", name="shell-host")
+        cfg = _config({"sign_messages": True, "ssldir": self.certs.pki.directory, "certname": "shell-host"}, {})
+        args = argparse.Namespace(
+            relay_url=f"https://localhost:{self.port}/publish",
+            client_cert=self.certs.alice.crt_path,
+            client_key=self.certs.alice.key_path,
+            ca=self.certs.ca,
+            topic="update.comment",
+            modname="bodhi",
+        )
+        code = await threads.deferToThread(push_client.send_all, "fedmsg-logger", args, cfg, [{"n": 1}])
+        self.assertEqual(code, 0)
+        await wait_for(lambda: self.delivered, what="delivery")
+        self.assertIn("signature", self.delivered[0])
+        validator = Validator.from_config(
+            from_dict({"validate_signatures": True, **self.certs.pki.certname_config()}, strict=False)
+        )
+        await validator.start()
+        self.addCleanup(validator.stop)
+        verdict = await validator.validate_async(self.delivered[0])
+        self.assertTrue(verdict.ok, verdict)
+        self.assertEqual(verdict.signer, "shell-host")
+
+    @inline
     async def test_fedmsg_logger_subprocess(self):
         """
         C{fedmsg-logger --relay-url ...} end to end, as a user runs it.
@@ -658,9 +689,9 @@ class StartupTests(unittest.TestCase):
         self.assertIsInstance(svc, push.PushService)
 
 
-class TimeoutTests(unittest.TestCase):
+class ChannelTests(unittest.TestCase):
     """
-    Idle and slow clients are disconnected (channel driven in memory on a Clock).
+    Idle, slow and oversized clients (the channel driven in memory on a Clock).
     """
 
     def setUp(self):
@@ -706,3 +737,20 @@ class TimeoutTests(unittest.TestCase):
         self.channel.dataReceived(b"x" * 5000)
         self.assertTrue(self.transport.disconnecting)
         self.assertIsNone(self.channel.requests[0].content)  # the body was never stored
+
+    def test_too_large_chunked_counted_while_receiving(self):
+        """
+        Without Content-Length, the 413 goes out as soon as the count passes
+        the limit, before the body ends, and the excess is not stored.
+        """
+        self.channel.dataReceived(
+            b"POST /publish HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        for _ in range(3):
+            self.channel.dataReceived(b"200\r\n" + b"x" * 512 + b"\r\n")
+        self.assertTrue(self.transport.value().startswith(b"HTTP/1.1 413 "))
+        self.assertLessEqual(len(self.channel.requests[0].content.getvalue()), 1024)
+        self.assertFalse(self.transport.disconnecting)  # still reading the rest of the body
+        self.channel.dataReceived(b"0\r\n\r\n")
+        self.assertTrue(self.transport.disconnecting)
