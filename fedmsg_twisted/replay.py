@@ -49,6 +49,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from fedmsg_twisted import encoding
+from fedmsg_twisted.store import MirroredCounter
 
 __all__ = [
     "QueryError",
@@ -223,6 +224,8 @@ class ReplayServer:
     @param max_bytes: a reply whose bodies add up to more is refused.
     @param max_concurrent: queries in progress beyond which new ones are
         answered "busy" instead of queueing without bound.
+    @param stats: a L{fedmsg_twisted.stats.Counters} that also receives the
+        counters as C{("replay", <key>)}.
     """
 
     def __init__(
@@ -231,12 +234,13 @@ class ReplayServer:
         max_messages: int = DEFAULT_MAX_MESSAGES,
         max_bytes: int = DEFAULT_MAX_BYTES,
         max_concurrent: int = 32,
+        stats: Any = None,
     ) -> None:
         self.archive = archive
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.max_concurrent = max_concurrent
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = MirroredCounter("replay", stats)
         self._running = 0
 
     def handle(self, frames: list[bytes]) -> defer.Deferred:
@@ -315,17 +319,25 @@ class ReplayService(service.Service):
         max_bytes: int = DEFAULT_MAX_BYTES,
         bind_host: bool = True,
         factory: Any = None,
+        stats: Any = None,
     ) -> None:
         self.address = address
         self.bind_address = _bind_address(address, bind_host)
-        self.server = ReplayServer(archive, max_messages=max_messages, max_bytes=max_bytes)
+        self.server = ReplayServer(
+            archive, max_messages=max_messages, max_bytes=max_bytes, stats=stats
+        )
         self.counters = self.server.counters
         self._factory = factory
         self._conn: Any = None
 
     @classmethod
     def from_config(
-        cls, config: Mapping[str, Any], archive: Any, name: str | None = None, factory: Any = None
+        cls,
+        config: Mapping[str, Any],
+        archive: Any,
+        name: str | None = None,
+        factory: Any = None,
+        stats: Any = None,
     ) -> "ReplayService":
         """
         The endpoint C{config["replay_endpoints"][name]} (C{name} defaults to
@@ -344,6 +356,7 @@ class ReplayService(service.Service):
             max_bytes=config.get("replay_max_bytes", DEFAULT_MAX_BYTES),
             bind_host=config.get("relay_bind_host", True),
             factory=factory,
+            stats=stats,
         )
 
     def startService(self) -> None:

@@ -49,6 +49,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 __all__ = [
+    "MirroredCounter",
     "Archive",
     "ArchiveError",
     "ArchiveService",
@@ -63,6 +64,25 @@ SCHEMA_VERSION = 1
 DEFAULT_FILENAME = "archive.sqlite"
 _PRUNE_CHUNK = 5000
 _LOG_EVERY = 60.0  # seconds between repeated "still failing" log lines
+
+
+class MirroredCounter(Counter):
+    """
+    A C{Counter} that also adds every change to a shared
+    L{fedmsg_twisted.stats.Counters} as C{(name, key)}, so the numbers tests
+    read here are the ones C{/metrics} shows.
+    """
+
+    def __init__(self, name: str, stats: Any = None) -> None:
+        super().__init__()
+        self._name = name
+        self._stats = stats
+
+    def __setitem__(self, key: str, value: int) -> None:
+        delta = value - self.get(key, 0)
+        super().__setitem__(key, value)
+        if self._stats is not None and delta:
+            self._stats.incr(self._name, key, delta)
 
 
 class ArchiveError(Exception):
@@ -431,6 +451,9 @@ class Archive:
     @param reactor: the reactor that runs the database threads' callbacks.
     @param clock: the clock for batching, pruning and C{received}
         (default: the reactor).
+    @param stats: a L{fedmsg_twisted.stats.Counters} that also receives the
+        counters, as C{("archive", "stored"|"duplicates"|"failed"|"dropped"|
+        "batches"|"pruned"|"prune_failed")}.
     """
 
     def __init__(
@@ -447,6 +470,7 @@ class Archive:
         readers: int = 2,
         reactor: Any = None,
         clock: Any = None,
+        stats: Any = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -467,7 +491,7 @@ class Archive:
         self._readers = readers
         self._reactor = reactor
         self._clock = clock if clock is not None else reactor
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = MirroredCounter("archive", stats)
         self.writable = False
         self.running = False
         self._pending: list[_Pending] = []
@@ -484,7 +508,9 @@ class Archive:
         self._fails_unlogged = 0
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any], reactor: Any = None) -> "Archive":
+    def from_config(
+        cls, config: Mapping[str, Any], reactor: Any = None, stats: Any = None
+    ) -> "Archive":
         """
         An archive set up from the config keys C{archive_url},
         C{state_directory}, C{archive_retention_days}, C{archive_retention_count},
@@ -499,6 +525,7 @@ class Archive:
             batch_interval=config.get("archive_batch_interval", 0.05),
             batch_size=config.get("archive_batch_size", 500),
             reactor=reactor,
+            stats=stats,
         )
 
     def __repr__(self) -> str:
@@ -729,16 +756,25 @@ class Archive:
             out: list[Stored] = []
             insert = b.sql(
                 "INSERT INTO fedmsg_archive (msg_id, topic, timestamp, username, agent, category,"
-                " received, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq_id"
+                " received, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (msg_id) DO NOTHING RETURNING seq_id"
             )
+            lookup = b.sql("SELECT seq_id FROM fedmsg_archive WHERE msg_id = ?")
             for p in batch:
                 if p.msg_id is not None and p.msg_id in known:
                     out.append(Stored(known[p.msg_id], duplicate=True))
                     continue
-                (seq,) = conn.execute(
+                row = conn.execute(
                     insert,
                     (p.msg_id, p.topic, p.timestamp, p.username, p.agent, p.category, p.received, p.body),
                 ).fetchone()
+                if row is None:
+                    # Another writer sharing the database stored it meanwhile.
+                    (seq,) = conn.execute(lookup, (p.msg_id,)).fetchone()
+                    known[p.msg_id] = seq  # type: ignore[index]
+                    out.append(Stored(seq, duplicate=True))
+                    continue
+                (seq,) = row
                 if p.msg_id is not None:
                     known[p.msg_id] = seq
                 out.append(Stored(seq))

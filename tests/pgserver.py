@@ -3,8 +3,11 @@ A real, throwaway PostgreSQL server for tests.
 
 C{ensure_template()} runs C{initdb} once per test process into a temporary
 directory (blocking: call it at module import, before the reactor runs).
-C{start_server(testcase)} copies that cluster, starts C{postgres} on a free
-127.0.0.1 port and stops it (and deletes the copy) at the test's cleanup.
+C{start_server(testcase)} starts C{postgres} on that cluster on a free
+127.0.0.1 port, creates a fresh database for the test, and stops the server
+(immediate shutdown: the data is throwaway) at the test's cleanup.  Starting
+a server per test keeps tests independent and leaves no process behind; the
+cluster is deleted when the test process exits.
 
 PostgreSQL refuses to run as root, so when the tests run as root the cluster
 belongs to the C{postgres} system user and the server runs under that uid.
@@ -33,6 +36,7 @@ from tests.util import free_port, sleep
 PG_USER = "fedmsg"
 _template: str | None = None
 _template_error: str | None = None
+_databases = 0
 
 
 def pg_bin() -> str | None:
@@ -163,20 +167,58 @@ class _Collector(protocol.ProcessProtocol):
 
 class PGServer:
     """
-    A running throwaway server: C{url} is C{postgresql://fedmsg@127.0.0.1:PORT/postgres}.
+    The cluster's server on C{port}; C{url} points at the test's own database.
     """
 
-    def __init__(self, base: str, port: int, proto: _Collector, transport) -> None:
-        self.base = base
+    def __init__(self, port: int) -> None:
         self.port = port
-        self.proto = proto
-        self.transport = transport
+        self.proto: _Collector | None = None
+        self.transport = None
         self.url = f"postgresql://{PG_USER}@127.0.0.1:{port}/postgres"
 
-    async def stop(self) -> None:
-        if not self.proto.done:
+    async def start(self) -> None:
+        from twisted.internet import reactor
+
+        ids = _run_as()
+        sockdir = os.path.join(os.path.dirname(_template), "sock")
+        if not os.path.isdir(sockdir):
+            os.mkdir(sockdir)
+            _chown_tree(sockdir, ids)
+        argv = [
+            os.path.join(pg_bin(), "postgres"),
+            "-D", _template,
+            "-p", str(self.port),
+            "-k", sockdir,
+            "-c", "listen_addresses=127.0.0.1",
+            "-c", "fsync=off",
+            "-c", "full_page_writes=off",
+            "-c", "synchronous_commit=off",
+            "-c", "logging_collector=off",
+        ]
+        kw = {"uid": ids[0], "gid": ids[1]} if ids is not None else {}
+        self.proto = proto = _Collector()
+        self.transport = reactor.spawnProcess(
+            proto, argv[0], argv, env={"LC_ALL": "C", "PATH": os.environ.get("PATH", "")}, **kw
+        )
+        # Wait until it accepts connections (the safety timeout only ends a broken run).
+        waited = 0.0
+        while b"ready to accept connections" not in proto.output:
+            if proto.done:
+                raise AssertionError(f"postgres exited: {proto.output.decode(errors='replace')[-800:]}")
+            if waited > 30:
+                raise AssertionError("postgres did not start")
+            await sleep(0.02)
+            waited += 0.02
+
+    async def stop(self, graceful: bool = False) -> None:
+        """
+        Immediate shutdown (the data is throwaway, and recent commits may be
+        lost: C{synchronous_commit=off}), or with C{graceful} a fast shutdown
+        that keeps every commit; idempotent.
+        """
+        if self.proto is not None and not self.proto.done:
             try:
-                self.transport.signalProcess("INT")  # fast shutdown
+                self.transport.signalProcess(signal.SIGINT if graceful else signal.SIGQUIT)
             except error.ProcessExitedAlready:
                 pass
             await self.proto.ended
@@ -184,64 +226,25 @@ class PGServer:
 
 async def start_server(testcase) -> PGServer:
     """
-    Start a fresh server for C{testcase}; it is stopped and deleted at cleanup.
+    Start the process's cluster for C{testcase} with a fresh, empty database;
+    the server is stopped at cleanup (the database is left behind, unused).
     """
-    from twisted.internet import reactor, threads
+    from twisted.internet import threads
 
+    global _databases
     require()
-    assert _template is not None
-    ids = _run_as()
-    base = tempfile.mkdtemp(prefix="fedmsg-pg-")
-    os.chmod(base, 0o755)
-    data = os.path.join(base, "data")
-    sockdir = os.path.join(base, "sock")
-
-    def prepare() -> None:
-        shutil.copytree(_template, data)
-        os.chmod(data, 0o700)
-        os.mkdir(sockdir)
-        _chown_tree(base, ids)
-
-    testcase.addCleanup(shutil.rmtree, base, True)
-    await threads.deferToThread(prepare)
-    port = free_port()
-    proto = _Collector()
-    argv = [
-        os.path.join(pg_bin(), "postgres"),
-        "-D", data,
-        "-p", str(port),
-        "-k", sockdir,
-        "-c", "listen_addresses=127.0.0.1",
-        "-c", "fsync=off",
-        "-c", "full_page_writes=off",
-        "-c", "synchronous_commit=off",
-        "-c", "logging_collector=off",
-    ]
-    kw = {}
-    if ids is not None:
-        kw = {"uid": ids[0], "gid": ids[1]}
-    transport = reactor.spawnProcess(
-        proto, argv[0], argv, env={"LC_ALL": "C", "PATH": os.environ.get("PATH", "")}, **kw
-    )
-    server = PGServer(base, port, proto, transport)
+    server = PGServer(free_port())
     testcase.addCleanup(lambda: defer.Deferred.fromCoroutine(server.stop()))
-    # Wait until it accepts connections (the safety timeout only ends a broken run).
-    waited = 0.0
-    while b"ready to accept connections" not in proto.output:
-        if proto.done:
-            raise AssertionError(f"postgres exited: {proto.output.decode(errors='replace')[-800:]}")
-        if waited > 30:
-            raise AssertionError("postgres did not start")
-        await sleep(0.05)
-        waited += 0.05
+    await server.start()
+    _databases += 1
+    name = f"test{os.getpid()}_{_databases}"
+
+    def create() -> None:
+        import psycopg
+
+        with psycopg.connect(server.url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+
+    await threads.deferToThread(create)
+    server.url = f"postgresql://{PG_USER}@127.0.0.1:{server.port}/{name}"
     return server
-
-
-def kill_server_hard(server: PGServer) -> None:
-    """
-    Simulate a crash: SIGKILL the postmaster (children notice and exit).
-    """
-    try:
-        server.transport.signalProcess(signal.SIGKILL)
-    except error.ProcessExitedAlready:
-        pass

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from fedmsg_twisted import encoding
 from fedmsg_twisted.config import from_dict
+from fedmsg_twisted.stats import Counters
 from fedmsg_twisted.replay import (
     ReplayError,
     ReplayQuery,
@@ -131,7 +132,8 @@ class _Endpoint:
             seq = await archive.add(env["topic"], raw, env)
             self.bodies[seq] = raw
         self.address = tcp(free_port())
-        svc = ReplayService(archive, self.address, factory=self.factory, **kw)
+        self.stats = Counters()
+        svc = ReplayService(archive, self.address, factory=self.factory, stats=self.stats, **kw)
         svc.startService()
         self.addCleanup(svc.stopService)
         return archive, svc
@@ -209,6 +211,7 @@ class ReplayServiceTests(_Endpoint, unittest.TestCase):
         self.assertEqual((yield self.raw(b'{"seq_id":3}')), [self.bodies[3]])
         self.assertEqual(svc.counters["refused"], 9)
         self.assertEqual(svc.counters["no_match"], 1)
+        self.assertEqual(self.stats.get("replay", "refused"), 9)
         # Our client reports errors as ReplayError with the server's text.
         e = yield self.assertFailure(get_replay(self.address, {"bogus": 1}, 5, self.factory), ReplayError)
         self.assertIn('Unsupported field: "bogus"', str(e))

@@ -14,6 +14,7 @@ from twisted.trial import unittest
 
 from fedmsg_twisted import encoding
 from fedmsg_twisted.config import from_dict
+from fedmsg_twisted.stats import Counters
 from fedmsg_twisted.store import Archive, ArchiveError, Row, Stored, category_of
 from tests import pgserver
 from tests.util import sleep
@@ -112,6 +113,18 @@ class _ArchiveTests:
         self.assertEqual((yield archive.count()), 3)
         self.assertEqual(archive.counters["duplicates"], 2)
         self.assertEqual(archive.counters["stored"], 3)
+
+    @defer.inlineCallbacks
+    def test_stats(self):
+        """
+        The counters also go to a shared L{Counters} under "archive".
+        """
+        stats = Counters()
+        archive = yield defer.Deferred.fromCoroutine(self.started(stats=stats))
+        e = envelope(1)
+        yield defer.Deferred.fromCoroutine(self.add_many(archive, [e, e]))
+        self.assertEqual(stats.get("archive", "stored"), 1)
+        self.assertEqual(stats.get("archive", "duplicates"), 1)
 
     @defer.inlineCallbacks
     def test_no_msg_id(self):
@@ -484,11 +497,18 @@ class PostgresArchiveTests(_ArchiveTests, unittest.TestCase):
     @defer.inlineCallbacks
     def test_server_goes_away(self):
         """
-        The database server stopping makes add() fire None (counted), never raise.
+        The database server stopping makes add() fire None (counted), never
+        raise; when it is back, writer and readers reconnect on their own.
         """
         archive = yield defer.Deferred.fromCoroutine(self.started())
         self.assertEqual((yield archive.add("a.b.c.d", body(envelope(1)), envelope(1))), 1)
-        yield defer.Deferred.fromCoroutine(self._pg.stop())
+        self.assertEqual((yield archive.latest_seq()), 1)
+        yield defer.Deferred.fromCoroutine(self._pg.stop(graceful=True))
         lost = yield archive.add("a.b.c.d", body(envelope(2)), envelope(2))
         self.assertIsNone(lost)
         self.assertEqual(archive.counters["failed"], 1)
+        yield self.assertFailure(archive.latest_seq(), Exception)
+        yield defer.Deferred.fromCoroutine(self._pg.start())
+        back = yield archive.add("a.b.c.d", body(envelope(3)), envelope(3))
+        self.assertEqual(back, 2)
+        self.assertEqual([r.msg_id for r in (yield archive.get())], [envelope(1)["msg_id"], envelope(3)["msg_id"]])
