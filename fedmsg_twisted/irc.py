@@ -993,12 +993,14 @@ class IRCBotService(service.MultiService):
         settings = parse_irc_config(config)
         if not settings:
             raise ConfigError("irc: no IRC networks configured (the 'irc' list is empty)")
+        self._own_validator = False
         if config.get("validate_signatures") and validator is None:
             try:
                 from fedmsg_twisted.crypto import Validator  # type: ignore[attr-defined]
             except ImportError as e:
                 raise ConfigError(f"validate_signatures is on but the crypto module is unavailable: {e}") from None
-            validator = Validator.from_config(config)
+            validator = Validator.from_config(config, reactor=reactor)
+            self._own_validator = True
         self.validator = validator if config.get("validate_signatures") or validator is not None else None
         method = config.get("irc_method", "notice")
         shortener = shortener or _agent_shortener(reactor)
@@ -1023,9 +1025,18 @@ class IRCBotService(service.MultiService):
             self.subscriber = SubscriberService(config, self._received, reactor=reactor)
             self.subscriber.setServiceParent(self)
 
+    def startService(self) -> None:
+        if self._own_validator:
+            # A CA/CRL given as a URL is fetched now; until then validation
+            # rejects, which is the safe side.
+            self.validator.start().addErrback(lambda f: log.failure("could not load the CA/CRL", f))
+        super().startService()
+
     def stopService(self):
         if not self.running:
             return defer.succeed(None)
+        if self._own_validator:
+            self.validator.stop()
         return super().stopService()
 
     def _received(self, name: str, endpoint: str, topic: str, msg: Any) -> None:
