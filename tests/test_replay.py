@@ -354,3 +354,79 @@ class FedmsgClientTests(_Endpoint, unittest.TestCase):
         self.assertEqual(results[5], {"error": "error: 'There was no match for the given query'"})
         self.assertEqual(results[6], {"error": "error: 'Unsupported field: \"bogus\"'"})
         self.assertEqual(results[7], {"error": "error: 'Ill-format \"seq_id\" field: expected an integer'"})
+
+
+FEDMSG_SIGN = script(
+    """
+    import sys, time
+    import fedmsg.config, fedmsg.crypto, fedmsg.encoding
+    config = fedmsg.config.load_config([], None)
+    config["certname"] = "myapp.host"
+    fedmsg.crypto.init(**config)
+    for n in range(3):
+        msg = {"topic": "org.example.dev.myapp.signed", "msg": {"n": n, "s": "h\\u00e9"},
+               "msg_id": "2026-signed-%d" % n, "timestamp": int(time.time()), "i": n + 1,
+               "username": "apache"}
+        print(fedmsg.encoding.dumps(fedmsg.crypto.sign(msg, **config)), flush=True)
+    """
+)
+
+FEDMSG_VALIDATE = script(
+    """
+    import json
+    import fedmsg.config, fedmsg.crypto, fedmsg.replay
+    config = fedmsg.config.load_config([], None)
+    fedmsg.crypto.init(**config)
+    msgs = list(fedmsg.replay.get_replay("relay", {"msg_ids": ["2026-signed-0", "2026-signed-2"]}, config))
+    print(json.dumps([[m["msg_id"], fedmsg.crypto.validate(m, **config)] for m in msgs]), flush=True)
+    """
+)
+
+
+class SignedReplayTests(_Endpoint, unittest.TestCase):
+    """
+    Messages signed by the real fedmsg still validate in the real fedmsg
+    after a trip through our archive and replay endpoint.
+    """
+
+    @defer.inlineCallbacks
+    def test_signatures_survive(self):
+        from tests.certs import make_pki
+
+        archive, _ = yield defer.Deferred.fromCoroutine(self.endpoint(count=1))
+        pki = make_pki(os.path.abspath(self.mktemp()))
+        pki.issue("myapp-host.example.org", name="myapp.host")
+        workdir = self.mktemp()
+        write_peer_config(
+            workdir,
+            {
+                "endpoints": {"relay_outbound": ["tcp://127.0.0.1:1"]},
+                "replay_endpoints": {"relay": self.address},
+                "io_threads": 1,
+                "sign_messages": True,
+                "validate_signatures": True,
+                "crypto_backend": "x509",
+                "crypto_validate_backends": ["x509"],
+                "ssldir": pki.directory,
+                "certnames": {"myapp.host": "myapp.host"},
+                "ca_cert_location": pki.ca_cert_path,
+                "crl_location": None,
+            },
+        )
+        signer = spawn(self, [peer_python(), "-c", FEDMSG_SIGN], path=os.path.abspath(workdir))
+        code = yield signer.ended
+        self.assertEqual(code, 0, signer.stderr.decode(errors="replace")[-2000:])
+        bodies = [line.encode() for line in signer.lines if line.strip()]
+        self.assertEqual(len(bodies), 3)
+        for raw in bodies:
+            env = json.loads(raw)
+            self.assertIn("signature", env)
+            yield archive.add(env["topic"], raw, env)
+        frames = yield self.raw(b'{"msg_id":"2026-signed-1"}')
+        self.assertEqual(frames, [bodies[1]])
+        checker = spawn(self, [peer_python(), "-c", FEDMSG_VALIDATE], path=os.path.abspath(workdir))
+        code = yield checker.ended
+        self.assertEqual(code, 0, checker.stderr.decode(errors="replace")[-2000:])
+        self.assertEqual(
+            json.loads(checker.lines[0]), [["2026-signed-0", True], ["2026-signed-2", True]]
+        )
