@@ -148,8 +148,24 @@ class PostReceiveHookTests(unittest.TestCase):
         self.assertEqual(msg["branch"], "topic")
         # only what main did not already have
         self.assertEqual([c["summary"] for c in msg["commits"]], ["Change number 2: façade"])
-        await self.push(":topic")
-        await wait_for(lambda: len(self.got) == 3, what="deletion")
+        run("git", "tag", "-a", "-m", "release", "v1.0", cwd=self.work, env=self.env)
+        await self.push("v1.0")
+        await wait_for(lambda: len(self.got) == 3, what="tag")
         msg = self.got[2][1]["msg"]
+        self.assertEqual((msg["ref"], msg["branch"], msg["created"]), ("refs/tags/v1.0", "v1.0", True))
+        self.assertEqual(msg["commits"], [])  # the tagged commit was already pushed on topic
+        await self.push(":topic")
+        await wait_for(lambda: len(self.got) == 4, what="deletion")
+        msg = self.got[3][1]["msg"]
         self.assertTrue(msg["deleted"])
         self.assertEqual(msg["commits"], [])
+
+    async def test_push_succeeds_when_the_bus_is_down(self) -> None:
+        down = os.path.join(os.path.dirname(self.cfg_path), "down.toml")
+        with open(down, "w") as f:
+            f.write(f'relay_inbound = ["{tcp(free_port())}"]\npost_init_sleep = 0.2\ntimeout = 0.5\n')
+        self.env["FEDMSG_CONFIG"] = down
+        await threads.deferToThread(self.commit, 1)
+        out = await self.push("main")
+        self.assertIn("fedmsg post-receive: refs/heads/main not published", out)
+        self.assertEqual(self.rev("main"), run("git", "rev-parse", "main", cwd=self.bare, env=self.env).strip())
