@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 from fedmsg_twisted.consumer import Consumer, ConsumerError
 from fedmsg_twisted.health import SubscriberHealth, TopicCounter, TrackedSubscriberService, topic_depth
@@ -32,7 +32,7 @@ from fedmsg_twisted.stats import Counters
 
 log = Logger(namespace="fedmsg_twisted.hub")
 
-__all__ = ["HubService", "HubHealth", "load_consumer", "entry_point_consumers", "ENTRY_POINT_GROUP"]
+__all__ = ["Consumer", "HubService", "HubHealth", "load_consumer", "entry_point_consumers", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "fedmsg_twisted.consumers"
 DEFAULT_QUEUE_SIZE = 1000
@@ -182,7 +182,7 @@ class _Worker:
 
     def _failed(self, failure: Any, message: dict) -> None:
         self.hub.counters.incr("consumer_errors", self.name)
-        log.failure("Consumer {c} failed on {topic}", failure, c=self.name, topic=message["topic"])
+        log.failure("Consumer {c} failed on {topic}", failure, LogLevel.error, c=self.name, topic=message["topic"])
 
     def idle(self) -> defer.Deferred:
         """
@@ -208,6 +208,8 @@ class HubService(Service):
         instances.
     @param validator: an object with C{validate_async(envelope)}; needed when
         a consumer validates signatures.
+    @param stop_validator: call C{validator.stop()} when the hub stops (the
+        hub made it).
     @ivar counters: C{received}, C{delivered}, C{dropped} by reason (from
         the subscriber), C{messages_in} by topic prefix, and per consumer
         C{consumed}, C{consumer_errors}, C{consumer_dropped}; C{rejected}.
@@ -220,6 +222,7 @@ class HubService(Service):
         consumers: Iterable[Any],
         *,
         validator: Any = None,
+        stop_validator: bool = False,
         queue_size: int | None = None,
         shutdown_timeout: float | None = None,
         endpoints: Mapping[str, Iterable[str]] | None = None,
@@ -232,6 +235,7 @@ class HubService(Service):
         self._reactor = reactor
         self.counters = Counters()
         self.validator = validator
+        self._stop_validator = stop_validator
         qsize = _positive_int(
             queue_size if queue_size is not None else config.get("hub_queue_size", DEFAULT_QUEUE_SIZE),
             "hub_queue_size",
@@ -328,6 +332,8 @@ class HubService(Service):
                 await defer.maybeDeferred(w.consumer.stop)
             except Exception:
                 log.failure("Consumer {c} failed to stop", c=w.name)
+        if self._stop_validator and hasattr(self.validator, "stop"):
+            self.validator.stop()
 
     # -- delivery -----------------------------------------------------------------
 

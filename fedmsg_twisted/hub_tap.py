@@ -82,6 +82,7 @@ def makeService(options: Any) -> StartupGuard:
             config,
             classes,
             validator=_validator(config, classes),
+            stop_validator=True,
             queue_size=options["queue-size"],
             shutdown_timeout=options["shutdown-timeout"],
         )

@@ -129,8 +129,7 @@ class GatewayTests(GatewayTestCase):
         health = GatewayHealth(gw)
         self.assertTrue(health.is_live())
         self.assertFalse(health.is_ready())
-        relay = RelayService(cfg)
-        relay.startService()
+        relay = self.start(RelayService(cfg))
         await wait_for(health.is_ready, what="gateway ready")
         await relay.stopService()
         await wait_for(lambda: not health.is_ready(), what="gateway unready")
@@ -230,8 +229,7 @@ class GatewayProcessTests(GatewayTestCase):
     async def test_twistd_gateway(self):
         values = site_values()
         cfg = config.from_dict(values)
-        relay = RelayService(cfg)
-        relay.startService()
+        relay = self.start(RelayService(cfg))
         public, hport = tcp(free_port()), free_port()
         proc = spawn(
             self,
@@ -295,4 +293,5 @@ async def stop_cleanly(testcase, proc) -> None:
     os.kill(proc.transport.pid, 15)
     await proc.ended
     testcase.assertIn("Server Shut Down.", "\n".join(proc.lines))
-    testcase.assertNotIn("Traceback", "\n".join(proc.lines) + proc.stderr.decode())
+    text = "\n".join(proc.lines)
+    testcase.assertNotIn("Traceback", text[text.index("Received SIGTERM"):] + proc.stderr.decode())
