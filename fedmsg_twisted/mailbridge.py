@@ -66,9 +66,10 @@ QUARANTINED = "quarantined"
 
 def mail_key(raw: bytes) -> str:
     """
-    What identifies a mail across deliveries: its Message-ID, else its hash.
+    What identifies a mail across deliveries: its Message-ID (and
+    Resent-Message-ID, see L{mailparse.dedup_key}), else its hash.
     """
-    mid = mailparse.message_id(raw)
+    mid = mailparse.dedup_key(raw)
     if mid:
         return "mid:" + mid
     return "sha256:" + hashlib.sha256(raw).hexdigest()

@@ -33,6 +33,7 @@ __all__ = [
     "Ignored",
     "parse",
     "message_id",
+    "dedup_key",
     "decode_header",
     "DEFAULT_MAX_BODY",
     "BUG_EVENTS",
@@ -169,20 +170,43 @@ def _header(msg: email.message.Message, name: str) -> str:
     return decode_header(msg.get(name), name)
 
 
-def message_id(raw: bytes) -> str | None:
-    """
-    The Message-ID of a mail, read from its header block only (cheap, for dedup).
-    """
+def _head(raw: bytes) -> email.message.Message | None:
     head = raw.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
     try:
-        msg = email.message_from_bytes(head + b"\n\n", policy=email.policy.compat32)
-        mid = msg.get("Message-ID")
+        return email.message_from_bytes(head + b"\n\n", policy=email.policy.compat32)
     except Exception:
         return None
+
+
+def _one_line(value: Any) -> str:
+    return " ".join(str(value or "").split())
+
+
+def message_id(raw: bytes) -> str | None:
+    """
+    The Message-ID of a mail, read from its header block only.
+    """
+    msg = _head(raw)
+    return (_one_line(msg.get("Message-ID")) or None) if msg is not None else None
+
+
+def dedup_key(raw: bytes) -> str | None:
+    """
+    What makes two deliveries the same mail: the Message-ID, with the
+    Resent-Message-ID when there is one.
+
+    debbugs forwards one message sent to two bugs twice, with the same
+    Message-ID and a Resent-Message-ID of its own for each bug; the copies a
+    site gets from two lists share both.
+    """
+    msg = _head(raw)
+    if msg is None:
+        return None
+    mid = _one_line(msg.get("Message-ID"))
     if not mid:
         return None
-    mid = " ".join(str(mid).split())
-    return mid or None
+    resent = _one_line(msg.get("Resent-Message-ID"))
+    return f"{mid} {resent}" if resent else mid
 
 
 def _address(value: str) -> dict[str, str]:

@@ -317,6 +317,20 @@ class ListenerTests(BridgeTestCase):
         await sleep(0.2)
         self.assertEqual(len(self.received), 1)
 
+    async def test_one_message_to_two_bugs_is_two_events(self) -> None:
+        """
+        debbugs forwards a mail sent to two bugs once per bug, with the same
+        Message-ID: both are published; a second copy of either is not.
+        """
+        top = await self.start()
+        first = mails.bug_report(bug=111, kind="followup", message_id="<cc-both@example.org>")
+        second = mails.bug_report(bug=222, kind="followup", message_id="<cc-both@example.org>")
+        for raw in (first, second, first):
+            await threads.deferToThread(smtp_send, self.port, raw, ["bugs-dist@localhost"])
+        await wait_for(lambda: len(self.received) == 2, what="both followups")
+        self.assertEqual(sorted(m["msg"]["bug"] for _, m in self.received), [111, 222])
+        self.assertEqual(top.bridge.counters.get("mail", "duplicate"), 1)
+
     async def test_bad_mail_over_smtp_is_accepted_into_quarantine(self) -> None:
         top = await self.start()
         await threads.deferToThread(smtp_send, self.port, mails.plain(), ["x@localhost"])

@@ -180,6 +180,13 @@ class BadMailTests(unittest.TestCase):
         self.assertEqual(len(p.msg["attachments"]), mailparse.MAX_ATTACHMENTS)
         self.assertEqual(p.msg["attachments_omitted"], 5)
 
+    def test_dedup_key(self) -> None:
+        a = mails.bug_report(bug=1, message_id="<same@x>")
+        b = mails.bug_report(bug=2, message_id="<same@x>")
+        self.assertEqual(mailparse.dedup_key(a), "<same@x> <handler.1.B.17000000001@bugs.debian.org>")
+        self.assertNotEqual(mailparse.dedup_key(a), mailparse.dedup_key(b))
+        self.assertEqual(mailparse.dedup_key(mails.plain(message_id="<p@x>")), "<p@x>")
+
     def test_message_id(self) -> None:
         self.assertEqual(mailparse.message_id(mails.plain(message_id="<a@b>")), "<a@b>")
         self.assertIsNone(mailparse.message_id(b"Subject: x\n\nbody\n"))
