@@ -21,7 +21,7 @@ import os
 import socket
 import ssl
 
-from twisted.internet import defer, task, threads
+from twisted.internet import defer, endpoints, protocol, reactor, task, threads
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
@@ -39,6 +39,12 @@ ALICE = "bodhi01.example.org"
 BOB = "koji01.example.org"
 BODHI_TOPIC = "org.fedoraproject.dev.bodhi.update.comment"
 SENTINEL_TOPIC = "org.fedoraproject.dev.sentinel.ok"
+
+#: Child processes get no config file and no proxy from the environment.
+NO_PROXY_ENV = {
+    "FEDMSG_CONFIG": "",
+    **{k: "" for k in ("https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY", "all_proxy", "ALL_PROXY")},
+}
 
 
 def _config(base: dict, extra: dict) -> Config:
@@ -76,12 +82,15 @@ def _post(
     path: str = "/publish",
     host: str = "localhost",
     chunked: bool = False,
+    tls12: bool = False,
 ) -> tuple[int, dict | None]:
     """
     One HTTPS request with Python's ssl (run in a thread).
     """
     ctx = ssl.create_default_context(cafile=ca)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls12:  # the client certificate is then checked inside the handshake
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     if client is not None:
         ctx.load_cert_chain(*client)
     conn = http.client.HTTPSConnection(host, port, timeout=10, context=ctx)
@@ -113,6 +122,59 @@ class _RawSubscriber(SubscriberService):
         super().frames_received(name, endpoint, frames)
 
 
+class _Splice(protocol.Protocol):
+    """
+    One side of a CONNECT tunnel: what it receives goes to C{other}.
+    """
+
+    other: "protocol.Protocol | None" = None
+
+    def dataReceived(self, data):
+        self.other.transport.write(data)
+
+    def connectionLost(self, reason):
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.loseConnection()
+
+
+class _ConnectProxy(_Splice):
+    """
+    A minimal HTTP CONNECT proxy, like the one a firewalled site runs.
+    """
+
+    def connectionMade(self):
+        self.buffer = b""
+
+    def dataReceived(self, data):
+        if self.other is not None:
+            return super().dataReceived(data)
+        self.buffer += data
+        if b"\r\n\r\n" not in self.buffer:
+            return
+        head, rest = self.buffer.split(b"\r\n\r\n", 1)
+        self.factory.requests.append(head)
+        method, target, _ = head.split(b"\r\n")[0].split(b" ")
+        host, port = target.rsplit(b":", 1)
+        if method != b"CONNECT" or host != b"localhost":
+            self.transport.write(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+            self.transport.loseConnection()
+            return
+        self.transport.pauseProducing()
+        upstream = _Splice()
+        upstream.other = self
+        d = endpoints.connectProtocol(endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", int(port)), upstream)
+
+        def connected(_):
+            self.other = upstream
+            self.factory.open.append(upstream)
+            self.transport.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            if rest:
+                upstream.transport.write(rest)
+            self.transport.resumeProducing()
+
+        d.addCallback(connected)
+
+
 class PushTestCase(unittest.TestCase):
     """
     A relay, a subscriber on its outbound side, and the push endpoint.
@@ -123,6 +185,9 @@ class PushTestCase(unittest.TestCase):
     nitpicky = False
 
     async def _setUp(self) -> None:
+        for k in list(os.environ):  # the thread clients follow https_proxy
+            if k.lower().endswith("_proxy"):
+                self.addCleanup(os.environ.__setitem__, k, os.environ.pop(k))
         self.certs = _PKI(self)
         self.config = self.make_config()
         self.relay = RelayService(self.config)
@@ -326,6 +391,63 @@ class AcceptTests(PushTestCase):
         self.assertTrue(verdict.ok, verdict)
         self.assertEqual(verdict.signer, "shell-host")
 
+    async def start_proxy(self) -> tuple[str, protocol.Factory]:
+        factory = protocol.Factory.forProtocol(_ConnectProxy)
+        factory.requests, factory.open = [], []
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+
+        async def stop():
+            for p in factory.open:
+                p.transport.abortConnection()
+            await port.stopListening()
+
+        self.addCleanup(lambda: defer.Deferred.fromCoroutine(stop()))
+        return f"http://user:s%40cret@127.0.0.1:{port.getHost().port}", factory
+
+    @inline
+    async def test_push_client_through_proxy(self):
+        """
+        Through an HTTP CONNECT proxy, TLS (both certificates, the relay's
+        name) still runs end to end.
+        """
+        proxy, factory = await self.start_proxy()
+
+        def push():
+            client = push_client.PushClient(
+                f"https://localhost:{self.port}/publish", *self.certs.alice, ca=self.certs.ca, proxy=proxy
+            )
+            try:
+                return client.post(encoding.dumps_bytes(self.envelope()))
+            finally:
+                client.close()
+
+        answer = await threads.deferToThread(push)
+        self.assertIn("msg_id", answer)
+        await wait_for(lambda: self.delivered, what="delivery")
+        [head] = factory.requests
+        self.assertTrue(head.startswith(b"CONNECT localhost:%d " % self.port), head)
+        self.assertIn(b"Proxy-Authorization: Basic dXNlcjpzQGNyZXQ=", head)  # user:s@cret
+
+    @inline
+    async def test_fedmsg_logger_uses_https_proxy(self):
+        """
+        C{fedmsg-logger} follows C{https_proxy}, as curl does.
+        """
+        proxy, factory = await self.start_proxy()
+        proc = spawn(
+            self,
+            [PYTHON, "-m", "fedmsg_twisted.cli.logger",
+             "--relay-url", f"https://localhost:{self.port}/publish",
+             "--client-cert", self.certs.alice.crt_path, "--client-key", self.certs.alice.key_path,
+             "--ca", self.certs.ca, "--modname", "bodhi", "--topic", "update.comment", "--message", "via proxy"],
+            env={**NO_PROXY_ENV, "https_proxy": proxy},
+        )
+        code = await proc.ended
+        self.assertEqual(code, 0, proc.stderr)
+        await wait_for(lambda: self.delivered, what="delivery")
+        self.assertEqual(len(factory.requests), 1)
+        self.assertEqual(self.delivered[0]["msg"], {"log": "via proxy"})
+
     @inline
     async def test_fedmsg_logger_subprocess(self):
         """
@@ -338,7 +460,7 @@ class AcceptTests(PushTestCase):
              "--client-cert", self.certs.alice.crt_path, "--client-key", self.certs.alice.key_path,
              "--ca", self.certs.ca, "--modname", "bodhi", "--topic", "update.comment",
              "--message", "hello from behind a firewall"],
-            env={"FEDMSG_CONFIG": ""},
+            env=NO_PROXY_ENV,
         )
         code = await proc.ended
         self.assertEqual(code, 0, proc.stderr)
@@ -357,7 +479,7 @@ class AcceptTests(PushTestCase):
              "--relay-url", f"https://localhost:{self.port}/publish",
              "--client-cert", self.certs.bob.crt_path, "--client-key", self.certs.bob.key_path,
              "--ca", self.certs.ca, "--modname", "bodhi", "--topic", "update.comment", "--message", "x"],
-            env={"FEDMSG_CONFIG": ""},
+            env=NO_PROXY_ENV,
         )
         code = await proc.ended
         self.assertEqual(code, 1)
@@ -469,14 +591,28 @@ class RefuseTests(PushTestCase):
         self.assertEqual((status, answer["reason"]), (503, "relay-stopped"))
         self.assertEqual(self.relay.counters.get("received"), 0)
 
-    async def _handshake_fails(self, client):
+    async def _handshake_fails(self, client, **kw):
         with self.assertRaises((ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)):
-            await self.post(encoding.dumps_bytes(self.envelope()), client=client)
+            await self.post(encoding.dumps_bytes(self.envelope()), client=client, **kw)
         await self.assert_nothing_forwarded()
 
     @inline
     async def test_no_client_certificate(self):
         await self._handshake_fails(None)
+
+    @inline
+    async def test_no_client_certificate_tls12(self):
+        await self._handshake_fails(None, tls12=True)
+
+    @inline
+    async def test_certificate_from_another_ca_tls12(self):
+        await self._handshake_fails("impostor", tls12=True)
+
+    @inline
+    async def test_tls12_client_accepted(self):
+        status, answer = await self.post(encoding.dumps_bytes(self.envelope()), tls12=True)
+        self.assertEqual(status, 202, answer)
+        await wait_for(lambda: self.delivered, what="delivery")
 
     @inline
     async def test_certificate_from_another_ca(self):

@@ -12,13 +12,15 @@ so the relay forwards exactly the bytes we send.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
+import urllib.request
 import socket
 import ssl
 import sys
 from typing import Any, Iterable, Mapping
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from fedmsg_twisted import encoding
 from fedmsg_twisted.envelope import Envelopes
@@ -78,14 +80,50 @@ def _explain(e: BaseException, url: str) -> str:
         return f"no answer from {url} in time"
     if isinstance(e, ConnectionRefusedError):
         return f"cannot connect to {url}: connection refused"
+    if isinstance(e, OSError) and str(e).startswith("Tunnel connection failed"):
+        return f"the proxy refused to connect to {url}: {e}"
     if isinstance(e, (ConnectionError, http.client.RemoteDisconnected)):
         return f"the relay at {url} closed the connection ({e}); is our client certificate from the CA it trusts?"
     return f"cannot push to {url}: {e}"
 
 
+_FROM_ENVIRONMENT = object()
+
+
+def proxy_for(host: str) -> str | None:
+    """
+    The HTTPS proxy the environment asks for (C{https_proxy}, unless
+    C{no_proxy} covers C{host}), as curl and pip use them.
+    """
+    proxies = urllib.request.getproxies_environment()
+    proxy = proxies.get("https")
+    if not proxy or urllib.request.proxy_bypass_environment(host, proxies):
+        return None
+    return proxy
+
+
+def _tunnel(proxy: str, host: str, port: int, context: ssl.SSLContext, timeout: float) -> http.client.HTTPSConnection:
+    parts = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+    if parts.scheme != "http" or not parts.hostname:
+        raise PushClientError(f"proxy {proxy!r}: only http:// proxies (HTTP CONNECT) are supported")
+    headers = {}
+    if parts.username is not None:
+        creds = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode("utf-8")
+        headers["Proxy-Authorization"] = "Basic " + base64.b64encode(creds).decode("ascii")
+    tunnelled = http.client.HTTPSConnection(parts.hostname, parts.port or 3128, timeout=timeout, context=context)
+    # TLS runs end to end through the tunnel: the relay's name is still
+    # verified (http.client uses the tunnel host as server_hostname).
+    tunnelled.set_tunnel(host, port, headers)
+    return tunnelled
+
+
 class PushClient:
     """
     One HTTPS connection to the push endpoint, reused for several messages.
+
+    @param proxy: an C{http://[user:password@]host:port} proxy to tunnel
+        through with CONNECT; by default C{https_proxy}/C{no_proxy} from
+        the environment; L{None} for a direct connection.
     """
 
     def __init__(
@@ -95,6 +133,7 @@ class PushClient:
         client_key: str | None,
         ca: str | None = None,
         timeout: float = 10.0,
+        proxy: Any = _FROM_ENVIRONMENT,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
@@ -104,9 +143,14 @@ class PushClient:
         if parts.query:
             self.path += "?" + parts.query
         self._context = _context(client_cert, client_key, ca)
-        self._conn = http.client.HTTPSConnection(
-            parts.hostname, parts.port or 443, timeout=timeout, context=self._context
-        )
+        port = parts.port or 443
+        if proxy is _FROM_ENVIRONMENT:
+            proxy = proxy_for(parts.hostname)
+        self.proxy = proxy
+        if proxy:
+            self._conn = _tunnel(proxy, parts.hostname, port, self._context, timeout)
+        else:
+            self._conn = http.client.HTTPSConnection(parts.hostname, port, timeout=timeout, context=self._context)
 
     def post(self, body: bytes) -> dict:
         """
@@ -120,7 +164,8 @@ class PushClient:
             data = response.read()
         except (OSError, http.client.HTTPException) as e:
             self._conn.close()
-            raise PushClientError(_explain(e, self.url)) from None
+            via = f" (through the proxy {self._conn.host}:{self._conn.port})" if self.proxy else ""
+            raise PushClientError(_explain(e, self.url) + via) from None
         try:
             answer = json.loads(data) if data else {}
         except ValueError:
