@@ -106,7 +106,7 @@ class AnnounceTests(ServerTestsMixin, unittest.TestCase):
             [
                 ("fedbot", "PRIVMSG", "\x0315announce.announcement\x03 -- GOLD \x0310https://l.example/x\x03"),
                 ("fedbot", "PRIVMSG", "\x0315tracker.new\x03 -- source=hello version=2.10-3"),
-                ("rawbot", "PRIVMSG", 'org.debian.prod.tracker.new     {"i":1,"msg":{"source":"hello","version":"2.10-3"},'
+                ("rawbot", "PRIVMSG", 'org.debian.prod.tracker.new    {"i":1,"msg":{"source":"hello","version":"2.10-3"},'
                                       '"msg_id":"2026-x","timestamp":1700000000.0,"username":"ralph"}'),
                 ("rawbot", "PRIVMSG", 'org.fedoraproject.dev.announce.announcement {"i":1,"msg":{"link":"https://l.example/x",'
                                       '"message":"GOLD"},"msg_id":"2026-x","timestamp":1700000000.0,"username":"ralph"}'),
