@@ -19,7 +19,7 @@ from fedmsg_twisted.mailbridge_tap import Options, makeService
 from fedmsg_twisted.publisher import PublisherService
 from fedmsg_twisted.subscriber import SubscriberService
 from tests import mails
-from tests.util import free_port, sleep, tcp, wait_for
+from tests.util import PYTHON, free_port, sleep, spawn, tcp, wait_for
 
 
 def deliver(maildir: str, raw: bytes, name: str) -> str:
@@ -73,7 +73,7 @@ class Stalled(Service):
 class BridgeTestCase(unittest.TestCase):
     timeout = 60
 
-    async def start_bus(self) -> None:
+    async def start_bus(self, subscriber: bool = True) -> None:
         port = free_port()
         self.config = from_dict({
             "topic_prefix": "org.debian",
@@ -90,6 +90,8 @@ class BridgeTestCase(unittest.TestCase):
         self.publisher.startService()
         self.addCleanup(self.publisher.stopService)
         self.received: list[tuple[str, dict]] = []
+        if not subscriber:
+            return
         self.subscriber = SubscriberService(self.config, lambda n, e, t, m: self.received.append((t, m)))
         self.subscriber.startService()
         self.addCleanup(self.subscriber.stopService)
@@ -354,3 +356,31 @@ class ListenerTests(BridgeTestCase):
         e = await self.assertFailure(threads.deferToThread(smtp_send, port, mails.bug_report(), ["x@localhost"]),
                                      smtplib.SMTPDataError)
         self.assertEqual(e.smtp_code, 451)
+
+
+class TerseTailTests(BridgeTestCase):
+    async def test_fedmsg_tail_terse_reads_well(self) -> None:
+        """
+        The real C{fedmsg-tail --terse} shows bridge messages through the
+        Debian text processors.
+        """
+        from fedmsg_twisted import text
+
+        if not hasattr(text, "terse"):
+            raise unittest.SkipTest("fedmsg-tail --terse needs fedmsg_twisted.text.terse, not written yet")
+        await self.start_bus(subscriber=False)
+        tail = spawn(self, [PYTHON, "-m", "fedmsg_twisted.cli.tail", "--config", self.config_path,
+                            "--terse", "--count", "2"])
+        await wait_for(self.publisher.has_subscriber, what="fedmsg-tail subscribed", timeout=30)
+        maildir, state = self.dirs()
+        await self.start_bridge(maildir, state)
+        deliver(maildir, mails.bug_closed(), "5000.closed")
+        deliver(maildir, mails.dak_accepted(), "5001.upload")
+        code = await tail.ended
+        self.assertEqual(code, 0, tail.stderr)
+        self.assertEqual(tail.lines[:2], [
+            "debbugs.bug.closed -- #123456 [src:foo] foo: crashes on startup closed by Zoë Ünal "
+            "https://bugs.debian.org/123456",
+            "dak.upload.accepted -- foo 1.2-3 accepted into unstable by Zoë Ünal (closes #123456) "
+            "https://tracker.debian.org/pkg/foo",
+        ])
