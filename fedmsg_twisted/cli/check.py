@@ -17,6 +17,7 @@ C{urllib} is the right tool here.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import socket
 import sys
@@ -90,7 +91,7 @@ def fetch(url: str, timeout: float) -> dict[str, Any]:
         raise CheckError(f"{url}: cannot connect: {reason}") from None
     except (TimeoutError, socket.timeout):
         raise CheckError(f"{url}: no answer within the timeout") from None
-    except (OSError, ValueError) as e:  # http.client errors: bad status line, reset, ...
+    except (http.client.HTTPException, OSError, ValueError) as e:  # bad status line, reset, ...
         raise CheckError(f"{url}: broken HTTP answer: {e!r}") from None
     try:
         report = json.loads(body.decode("utf-8"))
