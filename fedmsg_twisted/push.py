@@ -356,7 +356,7 @@ class PushSite(server.Site):
     requestFactory = PushRequest
     displayTracebacks = False
 
-    def __init__(self, resource: "PushResource", max_body: int, timeout: float, reactor: Any = None) -> None:
+    def __init__(self, resource: "PushResource", max_body: int, timeout: float | None, reactor: Any = None) -> None:
         super().__init__(resource, timeout=timeout, reactor=reactor)
         self.max_body = max_body
         self.counters = resource.counters
@@ -637,7 +637,8 @@ class PushService(Service):
             raise ConfigError("push: 'push_listen' is not set")
         options = push_server_options(self.config)
         endpoint = _server_endpoint(self._reactor, self.listen)
-        timeout = float(self.config.get("push_timeout", DEFAULT_TIMEOUT))
+        # 0 turns the timeouts off (twisted.web would time out at once).
+        timeout = float(self.config.get("push_timeout", DEFAULT_TIMEOUT)) or None
         site = self.site = PushSite(self.resource, self.resource.max_body, timeout, reactor=self._reactor)
         factory = TLSMemoryBIOFactory(options, False, site)
         result: list[Any] = []
