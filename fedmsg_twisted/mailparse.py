@@ -128,7 +128,7 @@ class Parsed:
 def _check_charset(charset: str, where: str) -> str:
     try:
         return codecs.lookup(charset).name
-    except LookupError:
+    except (LookupError, ValueError):  # ValueError: NUL or other junk in the name
         raise QuarantineError("unknown-charset", f"unknown charset {charset!r} in {where}") from None
 
 
@@ -239,8 +239,25 @@ def _part_text(part: email.message.Message) -> str:
     return payload.decode(codec, "replace")
 
 
+def _filename(part: email.message.Message) -> str:
+    """
+    An attachment's file name; raw 8-bit UTF-8 in the parameter (common, if
+    not allowed) is read as such instead of as replacement characters.
+    """
+    name = part.get_filename() or ""
+    if "\ufffd" in name:
+        for key, value in part.raw_items():
+            if key.lower() in ("content-disposition", "content-type"):
+                tmp = email.message.Message()
+                tmp[key] = _raw_to_text(str(value))
+                better = tmp.get_filename()
+                if better:
+                    return better
+    return name
+
+
 def _is_attachment(part: email.message.Message) -> bool:
-    disposition = (part.get("Content-Disposition") or "").split(";")[0].strip().lower()
+    disposition = str(part.get("Content-Disposition") or "").split(";")[0].strip().lower()
     return disposition == "attachment" or bool(part.get_filename())
 
 
@@ -286,7 +303,7 @@ def _body_and_attachments(msg: email.message.Message, max_body: int) -> dict[str
             continue
         if _is_attachment(part) or part.get_content_maintype() != "multipart":
             payload = part.get_payload(decode=True) or b""
-            filename = decode_header(part.get_filename() or "", "attachment filename")
+            filename = decode_header(_filename(part), "attachment filename")
             attachments.append({
                 "filename": filename,
                 "content_type": ctype,

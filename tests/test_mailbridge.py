@@ -384,3 +384,37 @@ class TerseTailTests(BridgeTestCase):
             "dak.upload.accepted -- foo 1.2-3 accepted into unstable by Zoë Ünal (closes #123456) "
             "https://tracker.debian.org/pkg/foo",
         ])
+
+
+class StateTests(unittest.TestCase):
+    def test_record_survives_reopen_and_stays_bounded(self) -> None:
+        from fedmsg_twisted.mailbridge import DedupRecord
+
+        path = self.mktemp()
+        r = DedupRecord(path, keep=3)
+        r.open()
+        for i in range(8):
+            r.add(f"mid:<{i}@x>")
+        r.sync()
+        r.close()
+        self.assertEqual(len(open(path).read().splitlines()), 8)  # append-only between starts
+        again = DedupRecord(path, keep=3)
+        again.open()
+        self.addCleanup(again.close)
+        self.assertEqual(len(again), 3)
+        self.assertIn("mid:<7@x>", again)
+        self.assertNotIn("mid:<4@x>", again)
+        self.assertEqual(open(path).read().splitlines(), ["mid:<5@x>", "mid:<6@x>", "mid:<7@x>"])  # compacted
+
+    def test_quarantine_reason_is_one_ascii_line(self) -> None:
+        from fedmsg_twisted.mailbridge import Quarantine
+
+        q = Quarantine(self.mktemp())
+        q.ensure()
+        path = q.store(b"Subject: x\n\nbody\n", "bad-header: caf\u00e9\nX-Injected: yes")
+        with open(path, "rb") as f:
+            data = f.read()
+        first, rest = data.split(b"\n", 1)
+        self.assertEqual(first, b"X-Fedmsg-Quarantine-Reason: bad-header: caf\\xe9 X-Injected: yes")
+        self.assertEqual(rest, b"Subject: x\n\nbody\n")
+        self.assertEqual(os.listdir(os.path.join(q.path, "tmp")), [])

@@ -144,6 +144,42 @@ class BadMailTests(unittest.TestCase):
         raw = mails.bug_report().replace(b'charset="utf-8"', b'charset="x-klingon"')
         self.assertEqual(self.reason(raw), "unknown-charset")
 
+    def test_junk_charset_name(self) -> None:
+        raw = mails.bug_report().replace(b'charset="utf-8"', b'charset="utf\x00-8"')
+        self.assertEqual(self.reason(raw), "unknown-charset")
+
+    def test_8bit_content_disposition(self) -> None:
+        raw = mails.bug_report(patch=b"+x\n").replace(b'filename="fix-crash.patch"',
+                                                       "filename=\"réparation.patch\"".encode())
+        [att] = parse(raw).msg["attachments"]
+        self.assertEqual(att["filename"], "réparation.patch")
+
+    def test_fuzzed_mail_is_classified(self) -> None:
+        """
+        Damaged copies of real mails either parse or name a reason: nothing
+        else escapes, and what parses is JSON.
+        """
+        import json
+        import random
+
+        rng = random.Random(20261127)
+        seeds = [mails.bug_report(patch=b"--- a\n+++ b\n"), mails.bug_closed(), mails.dak_accepted()]
+        for _ in range(400):
+            raw = bytearray(rng.choice(seeds))
+            for _ in range(rng.randint(1, 12)):
+                pos = rng.randrange(len(raw))
+                op = rng.random()
+                if op < 0.4:
+                    raw[pos] = rng.randrange(256)
+                elif op < 0.7:
+                    del raw[pos:pos + rng.randint(1, 50)]
+                else:
+                    raw[pos:pos] = rng.choice([b"\n", b"=?", b"?=", b"--", b":", b";", b'"', b"\0", b"boundary="])
+            try:
+                json.dumps(parse(bytes(raw)).msg)
+            except (QuarantineError, Ignored):
+                pass
+
     def test_unknown_charset_in_header(self) -> None:
         raw = mails.bug_report().replace(b"Subject: Bug#123456: foo", b"Subject: =?x-klingon?q?Bug=23123456?= foo")
         self.assertEqual(self.reason(raw), "unknown-charset")
