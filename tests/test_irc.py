@@ -396,3 +396,59 @@ class ConfigTests(unittest.TestCase):
     def test_unreadable_ca(self):
         e = self.assertRaises(ConfigError, irc.make_endpoint, settings(ssl=True, ssl_ca="/nonexistent.pem"), None)
         self.assertIn("ssl_ca '/nonexistent.pem': cannot read", str(e))
+
+
+class DocumentedConfigTests(unittest.TestCase):
+    def test_docs_example_is_valid(self):
+        """
+        The full example in docs/ircbot.rst loads and every irc entry checks.
+        """
+        import os
+        import re
+
+        from fedmsg_twisted import config
+
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        with open(os.path.join(root, "docs", "ircbot.rst"), encoding="utf-8") as f:
+            doc = f.read()
+        block = re.search(r"\.\. code-block:: toml\n\n((?:   .*\n|\n)+)", doc).group(1)
+        path = self.mktemp() + ".toml"
+        with open(path, "w") as f:
+            f.write("\n".join(l[3:] for l in block.splitlines()))
+        cfg = config.load(path)
+        nets = irc.parse_irc_config(cfg)
+        self.assertEqual([n.network for n in nets], ["irc.oftc.net", "irc.libera.chat"])
+        self.assertEqual([c.name for c in nets[0].channels], ["#debian-bus", "#debian-devel-changes-bus", "#debian-ftp"])
+        self.assertEqual(nets[0].channels[2].include, ("dak.*",))
+        self.assertEqual(nets[1].port, 6697)
+
+    def test_fedmsg_d_ircbot_py_unchanged(self):
+        """
+        fedmsg's shipped fedmsg.d/ircbot.py, as a legacy config file.
+        """
+        from fedmsg_twisted import config
+
+        path = self.mktemp() + ".py"
+        with open(path, "w") as f:
+            f.write(
+                "config = dict(\n"
+                "    irc=[dict(network='irc.freenode.net', port=6667, ssl=False, nickname='fedmsg-dev',\n"
+                "              channel='my-fedmsg-channel', timeout=120, make_pretty=True, make_terse=True,\n"
+                "              make_short=True, line_rate=0.9,\n"
+                "              filters=dict(topic=['koji'], body=['lub-dub']))],\n"
+                "    irc_color_lookup={'fas': 'light blue', 'bodhi': 'green', 'git': 'red', 'tagger': 'brown',\n"
+                "                      'wiki': 'purple', 'logger': 'orange', 'pkgdb': 'teal',\n"
+                "                      'buildsys': 'yellow', 'planet': 'light green'},\n"
+                "    irc_default_color='light grey',\n"
+                "    irc_method='notice',\n"
+                "    **{'fedmsg.consumers.ircbot.enabled': True}\n"
+                ")\n"
+            )
+        cfg = config.load(path)
+        bot = irc.IRCBotService(cfg, subscribe=False, reactor=MemoryReactorClock())
+        (net,) = bot.networks
+        self.assertEqual(net.settings.channels[0].name, "#my-fedmsg-channel")
+        self.assertEqual(net.method, "notice")
+        self.assertFalse(net.wants("org.fedoraproject.prod.buildsys.koji.x", {}))
+        self.assertFalse(net.wants("org.fedoraproject.prod.bodhi.x", {"msg": "lub-dub"}))
+        self.assertTrue(net.wants("org.fedoraproject.prod.bodhi.x", {"msg": "ok"}))
