@@ -452,3 +452,46 @@ class DocumentedConfigTests(unittest.TestCase):
         self.assertFalse(net.wants("org.fedoraproject.prod.buildsys.koji.x", {}))
         self.assertFalse(net.wants("org.fedoraproject.prod.bodhi.x", {"msg": "lub-dub"}))
         self.assertTrue(net.wants("org.fedoraproject.prod.bodhi.x", {"msg": "ok"}))
+
+
+class ShortenerTests(unittest.TestCase):
+    """
+    The default shortener against a real HTTP server on loopback.
+    """
+
+    def setUp(self):
+        from twisted.internet import reactor
+        from twisted.web import resource, server
+
+        self.requests = []
+        self.stalled = []
+        test = self
+
+        class Short(resource.Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                test.requests.append(request.args)
+                if request.path == b"/slow":
+                    test.stalled.append(request)
+                    return server.NOT_DONE_YET
+                if request.path == b"/broken":
+                    request.setResponseCode(500)
+                    return b"oops"
+                return b"https://s.example/abc\n"
+
+        self.port = reactor.listenTCP(0, server.Site(Short()), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        self.shorten = irc._agent_shortener(reactor)
+
+    async def test_shortened(self):
+        got = await self.shorten("https://example.org/a b?x=1", self.base + "/s?url={url}", 5)
+        self.assertEqual(got, "https://s.example/abc")
+        self.assertEqual(self.requests, [{b"url": [b"https://example.org/a b?x=1"]}])
+
+    async def test_failures_give_the_long_link(self):
+        self.assertIsNone(await self.shorten("https://e/x", self.base + "/broken?u={url}", 5))
+        self.assertIsNone(await self.shorten("https://e/x", self.base + "/slow?u={url}", 0.3))
+        self.assertEqual(len(self.stalled), 1)
+        self.flushLoggedErrors()
