@@ -182,6 +182,33 @@ def push_server_options(config: Mapping[str, Any]) -> CertificateOptions:
     return options
 
 
+def push_trust_store(config: Mapping[str, Any], reactor: Any = None) -> Any:
+    """
+    The revocation list for client certificates (C{push_crl}: a file, or an
+    https URL re-fetched every C{crl_cache_expiry}), with the same
+    C{crl_grace_period} rules as message validation; L{None} without
+    C{push_crl}.  It applies to certificates issued by the first CA of
+    C{push_ca}.
+
+    @raise ConfigError: if a CRL file cannot be used at start-up.
+    """
+    location = config.get("push_crl")
+    if not location:
+        return None
+    from fedmsg_twisted.crypto.x509 import TrustStore
+
+    store = TrustStore(
+        config.get("push_ca"),
+        location,
+        crl_grace_period=float(config.get("crl_grace_period", 86400)),
+        crl_refresh=float(config.get("crl_cache_expiry", 3600) or 0),
+        reactor=reactor,
+    )
+    if store.crl is None and not store.needs_network:
+        raise ConfigError(f"push: push_crl {location}: {store.crl_problem or store.ca_problem or 'unusable'}")
+    return store
+
+
 def common_name(cert: x509.Certificate) -> str | None:
     attrs = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     if not attrs:
@@ -415,6 +442,8 @@ class PushResource(resource.Resource):
     @param envelopes: builds envelopes for the short form; defaults to one
         made from C{config}.
     @param signer: optional; signs envelopes the relay builds.
+    @param trust: optional L{fedmsg_twisted.crypto.x509.TrustStore} whose
+        CRL client certificates are checked against (L{push_trust_store}).
     @ivar counters: C{accepted}, C{refused} by status code, C{timeouts}.
     """
 
@@ -427,9 +456,11 @@ class PushResource(resource.Resource):
         envelopes: Envelopes | None = None,
         *,
         signer: Any = None,
+        trust: Any = None,
     ) -> None:
         super().__init__()
         self.relay = relay
+        self.trust = trust
         self.config = config
         self.envelopes = envelopes if envelopes is not None else Envelopes(config)
         self.signer = signer
@@ -463,6 +494,8 @@ class PushResource(resource.Resource):
         cn = self._peer_cn(request)
         if cn is None:
             raise _Refusal(403, "a client certificate with a CN is required", "no-client-certificate")
+        if self.trust is not None:
+            self._check_revocation(request, cn)
         if not getattr(self.relay, "running", True):
             raise _Refusal(503, "the relay is not running", "relay-stopped")
         body = request.content.getvalue()
@@ -519,14 +552,34 @@ class PushResource(resource.Resource):
             return envelope
         return self.envelopes.make(topic=topic, msg=value["msg"], modname=modname)
 
-    def _peer_cn(self, request: Any) -> str | None:
+    def _check_revocation(self, request: Any, cn: str) -> None:
+        cert = self._peer_certificate(request)
+        trust = self.trust
+        trust.refresh_files()  # throttled stat() of the CRL file
+        problem = trust.crl_verdict()
+        if problem is not None:
+            log.error("Cannot check push client certificates: {detail}", detail=problem[1])
+            raise _Refusal(503, f"cannot check client certificates for revocation now: {problem[1]}", "crl")
+        crl = trust.crl
+        if crl is None or trust.ca is None or cert.issuer != trust.ca.subject:
+            return
+        if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+            raise _Refusal(
+                403, f"client certificate {cn!r} (serial {cert.serial_number:x}) is revoked", "revoked"
+            )
+
+    def _peer_certificate(self, request: Any) -> x509.Certificate | None:
         channel = request.channel
         if getattr(channel, "peer_certificate", None) is not None:
-            return channel.peer_cn
+            return channel.peer_certificate
         # Not our channel (e.g. the resource mounted elsewhere): ask TLS.
         get = getattr(request.transport, "getPeerCertificate", None)
         cert = get() if get is not None else None
-        return common_name(cert.to_cryptography()) if cert is not None else None
+        return cert.to_cryptography() if cert is not None else None
+
+    def _peer_cn(self, request: Any) -> str | None:
+        cert = self._peer_certificate(request)
+        return common_name(cert) if cert is not None else None
 
     # -- forwarding ------------------------------------------------------------------
 
@@ -631,11 +684,13 @@ class PushService(Service):
         self.resource = PushResource(relay, config, signer=signer)
         self.port = None
         self.site: PushSite | None = None
+        self.trust: Any = None
 
     def startService(self) -> None:
         if not self.listen:
             raise ConfigError("push: 'push_listen' is not set")
         options = push_server_options(self.config)
+        self.trust = push_trust_store(self.config, self._reactor)
         endpoint = _server_endpoint(self._reactor, self.listen)
         # 0 turns the timeouts off (twisted.web would time out at once).
         timeout = float(self.config.get("push_timeout", DEFAULT_TIMEOUT)) or None
@@ -653,6 +708,10 @@ class PushService(Service):
             )
         else:
             self._listening(result[0])
+        if self.trust is not None:
+            self.resource.trust = self.trust
+            d = self.trust.start()  # fetches a CRL URL; files are already read
+            d.addErrback(lambda f: log.failure("push_crl: first fetch failed", f))
         super().startService()
 
     def _listening(self, port: Any) -> None:
@@ -661,6 +720,8 @@ class PushService(Service):
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
+        if self.trust is not None:
+            self.trust.stop()
         port, self.port = self.port, None
         d = defer.maybeDeferred(port.stopListening) if port is not None else defer.succeed(None)
         if self.site is not None:

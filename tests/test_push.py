@@ -189,6 +189,7 @@ class PushTestCase(unittest.TestCase):
             if k.lower().endswith("_proxy"):
                 self.addCleanup(os.environ.__setitem__, k, os.environ.pop(k))
         self.certs = _PKI(self)
+        self.prepare_certs()
         self.config = self.make_config()
         self.relay = RelayService(self.config)
         self.relay.startService()
@@ -206,6 +207,15 @@ class PushTestCase(unittest.TestCase):
     def setUp(self):
         return defer.Deferred.fromCoroutine(self._setUp())
 
+    #: Extra checked config keys, and push_* keys, for a test class.
+    base_extra: dict = {}
+    push_extra: dict = {}
+
+    def prepare_certs(self) -> None:
+        """
+        Called once the PKI exists, before the services start.
+        """
+
     def make_config(self, **push_keys) -> Config:
         keys = {
             "push_listen": "tcp:0:interface=127.0.0.1",
@@ -215,6 +225,7 @@ class PushTestCase(unittest.TestCase):
             "push_max_body": self.max_body,
             "push_timeout": 30,
         }
+        keys.update(self.push_extra)
         keys.update(push_keys)
         return _config(
             {
@@ -222,6 +233,7 @@ class PushTestCase(unittest.TestCase):
                 "relay_inbound": [tcp(free_port())],
                 "routing_policy": self.policy,
                 "routing_nitpicky": self.nitpicky,
+                **self.base_extra,
             },
             keys,
         )
@@ -233,7 +245,7 @@ class PushTestCase(unittest.TestCase):
             "impostor": self.certs.impostor,
             "server": self.certs.server,
             None: None,
-        }[client]
+        }[client] if not isinstance(client, tuple) else client
         return threads.deferToThread(_post, self.port, body, client=pair, ca=self.certs.ca, **kw)
 
     def envelope(self, topic=BODHI_TOPIC, **msg) -> dict:
@@ -671,6 +683,56 @@ class NitpickyTests(PushTestCase):
         self.assertEqual(status, 202)
 
 
+class RevocationTests(PushTestCase):
+    """
+    With C{push_crl}, revoked client certificates are refused.
+    """
+
+    def make_config(self, **push_keys) -> Config:
+        return super().make_config(push_crl=self.certs.pki.crl_path, **push_keys)
+
+    @inline
+    async def test_revoked_refused(self):
+        carol = self.certs.pki.issue("carol.example.org")
+        self.certs.pki.revoke("carol.example.org")
+        self.certs.pki.write_crl()
+        self.push.trust.refresh_files(force=True)
+        status, answer = await self.post(encoding.dumps_bytes(self.envelope()), client=carol)
+        self.assertEqual((status, answer["reason"]), (403, "revoked"), answer)
+        self.assertIn("carol.example.org", answer["error"])
+        await self.assert_nothing_forwarded()
+
+    @inline
+    async def test_not_revoked_accepted(self):
+        self.certs.pki.issue("carol.example.org")
+        self.certs.pki.revoke("carol.example.org")
+        self.certs.pki.write_crl()
+        self.push.trust.refresh_files(force=True)
+        status, _ = await self.post(encoding.dumps_bytes(self.envelope()))
+        self.assertEqual(status, 202)
+
+
+class ExpiredCRLTests(PushTestCase):
+    """
+    A CRL past its nextUpdate and grace period stops all pushes (503).
+    """
+
+    base_extra = {"crl_grace_period": 0}
+
+    def prepare_certs(self) -> None:
+        self.certs.pki.write_crl(expired=True)
+
+    def make_config(self, **push_keys) -> Config:
+        return super().make_config(push_crl=self.certs.pki.crl_path, **push_keys)
+
+    @inline
+    async def test_expired_crl(self):
+        status, answer = await self.post(encoding.dumps_bytes(self.envelope()))
+        self.assertEqual((status, answer["reason"]), (503, "crl"), answer)
+        self.assertIn("expired", answer["error"])
+        self.assertEqual(self.relay.counters.get("received"), 0)
+
+
 class ServerNameTests(PushTestCase):
     """
     Clients verify the relay's name.
@@ -783,6 +845,10 @@ class StartupTests(unittest.TestCase):
             )
         e = self.assertRaises(ConfigError, self.start, push_private_key=path)
         self.assertIn("is encrypted", str(e))
+
+    def test_bad_crl(self):
+        e = self.assertRaises(ConfigError, self.start, push_crl=self.certs.server.key_path)
+        self.assertIn(f"push_crl {self.certs.server.key_path}", str(e))
 
     def test_port_taken(self):
         s = socket.socket()
