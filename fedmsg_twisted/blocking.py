@@ -129,7 +129,8 @@ class BlockingPublisher:
         """
         envelope = self._envelopes.make(topic=topic, msg=msg, modname=modname)
         if self.signer is not None:
-            envelope = self.signer.sign(envelope)
+            sign = getattr(self.signer, "sign", None) or self.signer.sign_blocking
+            envelope = sign(envelope)
         return self.publish_envelope(envelope)
 
     def publish_envelope(self, envelope: Mapping[str, Any]) -> dict:
@@ -174,6 +175,15 @@ def publish(topic: str | None = None, msg: Any = None, modname: str | None = Non
     return _publisher(config or None).publish(topic=topic, msg=msg, modname=modname)
 
 
+def _valid(validator: Any, envelope: dict) -> bool:
+    from fedmsg_twisted.crypto import AsyncRequired
+
+    try:
+        return validator.validate(envelope).ok
+    except AsyncRequired:  # gpg: no reactor here, so run it in this thread
+        return validator.gpg.validate_blocking(envelope).ok
+
+
 def tail_messages(topic: str = "", **config: Any) -> Iterator[tuple[str, str, str, dict]]:
     """
     Yield C{(name, endpoint, topic, msg)} for every valid message, forever.
@@ -215,7 +225,7 @@ def tail_messages(topic: str = "", **config: Any) -> Iterator[tuple[str, str, st
                     t, envelope = encoding.parse_frames(s.recv_multipart(), cfg["max_message_size"])
                 except encoding.DecodeError:
                     continue
-                if validator is not None and not validator.validate(envelope).ok:
+                if validator is not None and not _valid(validator, envelope):
                     continue
                 yield name, address, t, envelope
     finally:

@@ -97,6 +97,13 @@ class PublisherService(Service):
     def startService(self) -> None:
         from fedmsg_twisted import zmq as fzmq
 
+        if self.signer is None and self.config["sign_messages"]:
+            from fedmsg_twisted.crypto import Signer
+
+            # Raises a ConfigError naming the missing certificate now, at
+            # start-up, rather than at the first publish.
+            self.signer = Signer.from_config(self.config, name=self.name, reactor=self._reactor)
+
         factory = self._factory or fzmq.shared_factory(self.config["io_threads"])
         sock = fzmq.PubSocket(
             factory,
@@ -165,10 +172,10 @@ class PublisherService(Service):
         return d
 
     def _sign(self, envelope: dict) -> Any:
-        sign_async = getattr(self.signer, "sign_async", None)
-        if sign_async is not None:
-            return sign_async(envelope)
-        return self.signer.sign(envelope)
+        sign = getattr(self.signer, "sign", None)
+        if sign is not None:  # x509: fast, synchronous
+            return sign(envelope)
+        return self.signer.sign_async(envelope)  # gpg: in a thread
 
     def publish_envelope(self, envelope: Mapping[str, Any]) -> defer.Deferred:
         """

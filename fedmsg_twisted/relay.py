@@ -69,6 +69,10 @@ class RelayService(Service):
     def startService(self) -> None:
         from fedmsg_twisted import zmq as fzmq
 
+        if self.validator is None and self.config["relay_validate"]:
+            from fedmsg_twisted.crypto import Validator
+
+            self.validator = Validator.from_config(self.config)
         outbound = self.config["endpoints"].get("relay_outbound")
         if not outbound:
             raise fzmq.BindError("endpoints has no 'relay_outbound' addresses for the relay to bind")

@@ -40,10 +40,10 @@ class SubscriberService(Service):
     Calls C{callback(name, endpoint, topic, msg)} for every message received.
 
     @param topics: topic prefixes to subscribe to (C{""} = everything).
-    @param validator: optional object with C{validate_async(envelope)}
-        returning a Deferred of a verdict with C{ok}, C{reason}, C{signer};
-        invalid messages are dropped and counted.  Used when
-        C{validate_signatures} is on.
+    @param validator: a L{fedmsg_twisted.crypto.Validator} (or any object
+        with C{validate_async(envelope)} returning a Deferred of a verdict
+        with C{ok}, C{reason}, C{signer}); invalid messages are dropped and
+        counted.  Made from the config when C{validate_signatures} is on.
     @param endpoints: C{{name: [address, ...]}}; defaults to the config's.
     @ivar counters: C{received}, C{delivered}, C{dropped} by reason,
         C{rejected} by reason, C{callback-errors}.
@@ -81,6 +81,14 @@ class SubscriberService(Service):
 
     def startService(self) -> None:
         super().startService()
+        if self.validator is None and self.config["validate_signatures"]:
+            from fedmsg_twisted.crypto import Validator
+
+            self.validator = Validator.from_config(self.config)
+        if self.validator is not None and hasattr(self.validator, "start"):
+            self.validator.start().addErrback(
+                lambda f: log.failure("Could not load the CA or CRL", f)
+            )
         for name, addresses in self._endpoints.items():
             for address in addresses:
                 self._connect(name, address)
@@ -92,6 +100,8 @@ class SubscriberService(Service):
 
     def stopService(self) -> defer.Deferred:
         super().stopService()
+        if self.validator is not None and hasattr(self.validator, "stop"):
+            self.validator.stop()
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
@@ -160,10 +170,17 @@ class SubscriberService(Service):
             self.counters.incr("dropped", "not-subscribed")
             return
         self.last_message_at = self._reactor.seconds()
-        if self.validator is None and self._pending is None:
-            self._deliver(name, endpoint, topic, envelope)
-            return
-        # Validation may run in a thread (gpg); chain so order is kept.
+        if self._pending is None:
+            if self.validator is None:
+                self._deliver(name, endpoint, topic, envelope)
+                return
+            # x509 validates synchronously (one RSA verify): no Deferred.
+            verdict = self._validate_now(envelope)
+            if verdict is not None:
+                self._after_validation(verdict, name, endpoint, topic, envelope)
+                return
+        # Validation runs in a thread (gpg), or earlier messages still wait
+        # for theirs: chain, so that delivery keeps the order of arrival.
         d = self._pending if self._pending is not None else defer.succeed(None)
         d.addCallback(lambda _: self._validate(envelope))
         d.addCallback(self._after_validation, name, endpoint, topic, envelope)
@@ -176,6 +193,18 @@ class SubscriberService(Service):
             return result
 
         d.addBoth(done)
+
+    def _validate_now(self, envelope: dict) -> Any:
+        """
+        The verdict, if it can be had without waiting; else None.
+        """
+        validate = getattr(self.validator, "validate", None)
+        if validate is None:
+            return None
+        try:
+            return validate(envelope)
+        except TypeError:  # crypto.AsyncRequired: gpg must run in a thread
+            return None
 
     def _validate(self, envelope: dict) -> Any:
         if self.validator is None:
