@@ -696,18 +696,22 @@ class PushService(Service):
         timeout = float(self.config.get("push_timeout", DEFAULT_TIMEOUT)) or None
         site = self.site = PushSite(self.resource, self.resource.max_body, timeout, reactor=self._reactor)
         factory = TLSMemoryBIOFactory(options, False, site)
-        result: list[Any] = []
+        # The stock endpoints listen synchronously: a taken port must fail
+        # startService itself, so the process ends with the reason.
+        starting = True
+        failures: list[Failure] = []
+
+        def failed(f: Failure) -> None:
+            if starting:
+                failures.append(f)
+            else:
+                log.failure("push endpoint {listen} failed", f, listen=self.listen)
+
         d = endpoint.listen(factory)
-        d.addBoth(result.append)
-        if not result:  # an endpoint that listens later (none of the stock ones)
-            d.addCallback(self._listening)
-            d.addErrback(lambda f: log.failure("push endpoint {listen} failed", f, listen=self.listen))
-        elif isinstance(result[0], Failure):
-            raise PushError(
-                f"push: cannot listen on push_listen {self.listen!r}: {result[0].getErrorMessage()}"
-            )
-        else:
-            self._listening(result[0])
+        d.addCallbacks(self._listening, failed)
+        starting = False
+        if failures:
+            raise PushError(f"push: cannot listen on push_listen {self.listen!r}: {failures[0].getErrorMessage()}")
         if self.trust is not None:
             self.resource.trust = self.trust
             d = self.trust.start()  # fetches a CRL URL; files are already read
