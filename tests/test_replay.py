@@ -33,6 +33,10 @@ ensure_peer()  # blocking venv creation, before the reactor runs
 
 T0 = 1795800000
 
+# trial -j sets PYTHONPATH to its own sys.path; the peer must not import our
+# venv's packages (a newer pyOpenSSL silently disables fedmsg's X.509).
+PEER_ENV = {"PYTHONPATH": ""}
+
 
 def envelope(n: int) -> dict:
     return {
@@ -336,6 +340,7 @@ class FedmsgClientTests(_Endpoint, unittest.TestCase):
         proc = spawn(
             self,
             [peer_python(), "-c", FEDMSG_CLIENT] + [json.dumps(q) for q in queries],
+            env=PEER_ENV,
             path=os.path.abspath(workdir),
         )
         code = yield proc.ended
@@ -413,7 +418,7 @@ class SignedReplayTests(_Endpoint, unittest.TestCase):
                 "crl_location": None,
             },
         )
-        signer = spawn(self, [peer_python(), "-c", FEDMSG_SIGN], path=os.path.abspath(workdir))
+        signer = spawn(self, [peer_python(), "-c", FEDMSG_SIGN], env=PEER_ENV, path=os.path.abspath(workdir))
         code = yield signer.ended
         self.assertEqual(code, 0, signer.stderr.decode(errors="replace")[-2000:])
         bodies = [line.encode() for line in signer.lines if line.strip()]
@@ -424,7 +429,7 @@ class SignedReplayTests(_Endpoint, unittest.TestCase):
             yield archive.add(env["topic"], raw, env)
         frames = yield self.raw(b'{"msg_id":"2026-signed-1"}')
         self.assertEqual(frames, [bodies[1]])
-        checker = spawn(self, [peer_python(), "-c", FEDMSG_VALIDATE], path=os.path.abspath(workdir))
+        checker = spawn(self, [peer_python(), "-c", FEDMSG_VALIDATE], env=PEER_ENV, path=os.path.abspath(workdir))
         code = yield checker.ended
         self.assertEqual(code, 0, checker.stderr.decode(errors="replace")[-2000:])
         self.assertEqual(
