@@ -63,6 +63,7 @@ __all__ = [
     "PushError",
     "push_server_options",
     "add_push_service",
+    "PushHealth",
     "DEFAULT_MAX_BODY",
     "DEFAULT_TIMEOUT",
 ]
@@ -732,6 +733,37 @@ class PushService(Service):
             site = self.site
             d.addCallback(lambda _: site.close_all())
         return d
+
+
+class PushHealth:
+    """
+    The push endpoint as a L{fedmsg_twisted.health} component: live while
+    running, ready while listening (and, with C{push_crl}, while the CRL
+    can be used).  Counters: C{accepted}, C{refused} by status code,
+    C{timeouts}; gauge: open connections.
+    """
+
+    def __init__(self, service: PushService, name: str = "push") -> None:
+        self.service = service
+        self.name = name
+        self.counters = service.resource.counters
+
+    def is_live(self) -> bool:
+        return bool(self.service.running)
+
+    def is_ready(self) -> bool:
+        svc = self.service
+        if not (svc.running and svc.port is not None):
+            return False
+        return svc.trust is None or svc.trust.crl_verdict() is None
+
+    def gauges(self) -> dict[str, Any]:
+        site = self.service.site
+        return {"open_connections": len(site.channels) if site is not None and self.service.running else 0}
+
+    def details(self) -> dict[str, Any]:
+        port = self.service.port
+        return {"listen": self.service.listen, "address": str(port.getHost()) if port is not None else None}
 
 
 def add_push_service(parent: Any, config: Mapping[str, Any], relay: Any, reactor: Any = None) -> PushService | None:

@@ -683,6 +683,25 @@ class NitpickyTests(PushTestCase):
         self.assertEqual(status, 202)
 
 
+class HealthTests(PushTestCase):
+    @inline
+    async def test_health_component(self):
+        from fedmsg_twisted.health import render_metrics, status
+
+        component = push.PushHealth(self.push)
+        status_code, answer = await self.post(encoding.dumps_bytes(self.envelope()), client="bob")
+        self.assertEqual(status_code, 403, answer)
+        self.assertTrue(component.is_live() and component.is_ready())
+        self.assertEqual(component.counters.get("refused", "403"), 1)
+        self.assertEqual(component.details()["listen"], "tcp:0:interface=127.0.0.1")
+        live, ready, _ = status([component])
+        self.assertTrue(live and ready)
+        self.assertIn("refused", render_metrics([component]))
+        await self.push.stopService()
+        self.assertFalse(component.is_live() or component.is_ready())
+        self.assertEqual(component.gauges(), {"open_connections": 0})
+
+
 class RevocationTests(PushTestCase):
     """
     With C{push_crl}, revoked client certificates are refused.
