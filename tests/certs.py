@@ -243,6 +243,7 @@ def make_pki(directory: str, cn: str = "fedmsg-twisted test CA", crl: bool = Tru
     Create C{directory} with a fresh CA (C{ca.crt}, C{ca.key}) and, unless
     C{crl=False}, an empty current CRL (C{crl.pem}).
     """
+    directory = os.path.abspath(directory)
     os.makedirs(directory, exist_ok=True)
     ca_key = _ca_key(cn)
     now = _now()
