@@ -57,6 +57,10 @@ class Options(ConfigOptions):
                 "no consumers: name one with --consumer module:Class or install one under "
                 "the 'fedmsg_twisted.consumers' entry point group"
             )
+        try:
+            self["validator"] = _validator(config, self["classes"])
+        except Exception as e:  # ConfigError from the crypto set-up
+            raise usage.UsageError(f"cannot validate signatures: {e}")
         for key in ("queue-size", "shutdown-timeout"):
             if self[key] is not None and self[key] < (1 if key == "queue-size" else 0):
                 raise usage.UsageError(f"--{key} must be {'>= 1' if key == 'queue-size' else '>= 0'}; got {self[key]}")
@@ -81,13 +85,14 @@ def makeService(options: Any) -> StartupGuard:
         hub = HubService(
             config,
             classes,
-            validator=_validator(config, classes),
+            validator=options["validator"],
             stop_validator=True,
             queue_size=options["queue-size"],
             shutdown_timeout=options["shutdown-timeout"],
         )
-    except Exception as e:  # ConsumerError, ConfigError, a consumer's own __init__
-        raise usage.UsageError(f"cannot set up the hub: {e}") from None
+    except Exception as e:  # ConsumerError, a consumer's own __init__
+        # One line on stderr and exit status 1, not a traceback.
+        raise SystemExit(f"fedmsg-hub: cannot start: {e}") from None
     hub.setServiceParent(top)
     if listen is not None:
         HealthService(listen, [HubHealth(hub, window=window)]).setServiceParent(top)

@@ -226,6 +226,7 @@ async def wait_http(url: str, code: int, proc=None, what: str = "HTTP answer"):
 
 
 class GatewayProcessTests(GatewayTestCase):
+    timeout = 60
     async def test_twistd_gateway(self):
         values = site_values()
         cfg = config.from_dict(values)

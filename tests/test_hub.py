@@ -320,6 +320,7 @@ def entry_point_dir(testcase, names: dict[str, str]) -> str:
 
 
 class HubProcessTests(HubTestCase):
+    timeout = 60
     def spawn_hub(self, values, *args, pythonpath=()):
         hport = free_port()
         env = {"PYTHONPATH": os.pathsep.join([*pythonpath, ROOT])}
@@ -390,3 +391,29 @@ class HubProcessTests(HubTestCase):
         code = await proc.ended
         self.assertNotEqual(code, 0)
         self.assertIn("no consumers", proc.stderr.decode() + "\n".join(proc.lines))
+
+    async def test_consumer_setup_errors_are_one_line(self):
+        moddir = self.mktemp()
+        os.makedirs(moddir)
+        with open(os.path.join(moddir, "hubtest_bad.py"), "w") as f:
+            f.write(
+                "from fedmsg_twisted.consumer import Consumer\n"
+                "class Strict(Consumer):\n"
+                "    validate_signatures = True\n"
+                "    def consume(self, m): pass\n"
+                "class Boom(Consumer):\n"
+                "    def __init__(self, config, hub=None):\n"
+                "        raise RuntimeError('no database')\n"
+                "    def consume(self, m): pass\n"
+            )
+        env = {"PYTHONPATH": os.pathsep.join([moddir, ROOT])}
+        for spec, text in (
+            ("hubtest_bad:Strict", "cannot validate signatures: crypto: validating x509 signatures needs 'ca_cert_location'"),
+            ("hubtest_bad:Boom", "fedmsg-hub: cannot start: no database"),
+        ):
+            proc = spawn(self, twistd("fedmsg-hub", "--consumer", spec), env=env)
+            code = await proc.ended
+            self.assertEqual(code, 1, spec)
+            output = proc.stderr.decode() + "\n".join(proc.lines)
+            self.assertIn(text, output)
+            self.assertNotIn("Traceback", output)
