@@ -514,7 +514,8 @@ class Archive:
         """
         An archive set up from the config keys C{archive_url},
         C{state_directory}, C{archive_retention_days}, C{archive_retention_count},
-        C{archive_prune_interval}, C{archive_batch_interval}, C{archive_batch_size}.
+        C{archive_prune_interval}, C{archive_batch_interval}, C{archive_batch_size},
+        C{archive_max_pending}.
         """
         return cls(
             config.get("archive_url") or None,
@@ -524,6 +525,7 @@ class Archive:
             prune_interval=config.get("archive_prune_interval", 600.0),
             batch_interval=config.get("archive_batch_interval", 0.05),
             batch_size=config.get("archive_batch_size", 500),
+            max_pending=config.get("archive_max_pending", 100_000),
             reactor=reactor,
             stats=stats,
         )
@@ -551,7 +553,7 @@ class Archive:
         self._writer_pool = self._pool("fedmsg-archive-writer", 1)
         self._reader_pool = self._pool("fedmsg-archive-reader", self._readers)
         try:
-            self.writable = await self._on_writer(self._open_writer)
+            self.writable, latest = await self._on_writer(self._open_writer)
         except BaseException:
             await self._close_pools()
             raise
@@ -562,16 +564,17 @@ class Archive:
                 "(replay still serves what it holds)",
                 url=self.url,
             )
-        log.info("Archive {url} open, latest seq_id {seq}", url=self.url, seq=await self.latest_seq())
+        log.info("Archive {url} open, latest seq_id {seq}", url=self.url, seq=latest)
         if self.writable and (self.retention_days or self.retention_count):
             self._prune_loop = task.LoopingCall(self._prune_quietly)
             self._prune_loop.clock = self._clock
             self._prune_loop.start(self.prune_interval, now=True)
 
-    def _open_writer(self) -> bool:
+    def _open_writer(self) -> tuple[bool, int | None]:
         conn = self._backend.connect(writer=True)
         try:
             writable = self._backend.init_schema(conn)
+            (latest,) = conn.execute("SELECT max(seq_id) FROM fedmsg_archive").fetchone()
         except _ReadOnly:
             conn.close()
             self._backend.read_only = True  # type: ignore[attr-defined]
@@ -580,7 +583,7 @@ class Archive:
             conn.close()
             raise
         self._writer_conn = conn
-        return writable
+        return writable, latest
 
     def stop(self) -> defer.Deferred:
         """
@@ -963,9 +966,13 @@ class Archive:
 
 class ArchiveService(service.Service):
     """
-    An L{Archive} as a service.  A failure to open is logged loudly; the
-    Deferred from L{startService} is kept as C{self.started} for whoever
-    wants to wait on it (twistd ignores it).
+    An L{Archive} as a service.
+
+    twistd ignores what C{startService} returns, so a failure to open is
+    logged loudly and kept: C{error} holds the L{ArchiveError}, and
+    C{started} (a Deferred that never fails) fires with True once the
+    archive is open or False when it could not be.  Meanwhile C{add} refuses
+    (fires None, counted), so a relay keeps forwarding either way.
     """
 
     name = "archive"
@@ -973,16 +980,21 @@ class ArchiveService(service.Service):
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
         self.started: defer.Deferred | None = None
+        self.error: BaseException | None = None
 
     def startService(self) -> None:
         super().startService()
 
-        def failed(f: Any) -> Any:
-            log.critical("Archive {url} cannot be used: {error}", url=self.archive.url, error=f.value)
-            return f
+        def failed(f: Failure) -> bool:
+            self.error = f.value
+            log.critical(
+                "ARCHIVE FAILURE: {url} cannot be used, nothing will be archived: {error}",
+                url=self.archive.url,
+                error=f.value,
+            )
+            return False
 
-        self.started = self.archive.start().addErrback(failed)
-        self.started.addErrback(lambda f: None)
+        self.started = self.archive.start().addCallbacks(lambda _: True, failed)
 
     def stopService(self) -> defer.Deferred:
         super().stopService()

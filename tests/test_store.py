@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from fedmsg_twisted import encoding
 from fedmsg_twisted.config import from_dict
 from fedmsg_twisted.stats import Counters
-from fedmsg_twisted.store import Archive, ArchiveError, Row, Stored, category_of
+from fedmsg_twisted.store import Archive, ArchiveError, ArchiveService, Row, Stored, category_of
 from tests import pgserver
 from tests.util import sleep
 
@@ -429,6 +429,35 @@ class SQLiteArchiveTests(_ArchiveTests, unittest.TestCase):
         e = envelope(99)
         again = yield archive.add("a.b.c.d", body(e), e)
         self.assertIsInstance(again, Stored)
+
+
+class ArchiveServiceTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_lifecycle(self):
+        svc = ArchiveService(Archive(state_directory=self.mktemp()))
+        svc.startService()
+        self.assertTrue((yield svc.started))
+        self.assertEqual((yield svc.archive.add("a.b.c.d", b"{}", {"msg_id": "x"})), 1)
+        yield svc.stopService()
+        self.assertFalse(svc.archive.running)
+        yield svc.stopService()  # twice is fine
+
+    @defer.inlineCallbacks
+    def test_corrupt(self):
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b"garbage" * 1000)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        svc = ArchiveService(Archive(path))
+        svc.startService()
+        self.assertFalse((yield svc.started))
+        self.assertIsInstance(svc.error, ArchiveError)
+        self.assertIn(path, str(svc.error))
+        self.assertIsNone((yield svc.archive.add("a.b", b"{}", {})))
+        self.assertTrue([e for e in events if e.get("log_level") and e["log_level"].name == "critical"])
+        yield svc.stopService()
 
 
 class HelperTests(unittest.TestCase):
