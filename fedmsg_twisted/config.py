@@ -281,6 +281,14 @@ KEYS: dict[str, Key] = {
     # -- relay ----------------------------------------------------------------
     "relay_validate": Key(_bool, False, "The relay validates signatures at the door and drops what fails.", "relay"),
     "relay_bind_host": Key(_bool, True, "Passive sockets bind the host written in the address (fedmsg binds *).", "relay"),
+    # -- HTTPS push endpoint on the relay ---------------------------------------
+    "push_listen": Key(_opt_str, None, "Twisted server endpoint of the relay's HTTPS push endpoint, e.g. ssl:8443:interface=0.0.0.0 (mutual TLS is always added; unset = off).", "push"),
+    "push_certificate": Key(_opt_str, None, "PEM certificate of the push endpoint, leaf first, then intermediates.", "push"),
+    "push_private_key": Key(_opt_str, None, "Unencrypted PEM key matching push_certificate.", "push"),
+    "push_ca": Key(_opt_str, None, "PEM CA certificate(s) that issue client certificates; clients must present one.", "push"),
+    "push_crl": Key(_opt_str, None, "CRL file or https URL for client certificates (uses crl_grace_period, crl_cache_expiry).", "push"),
+    "push_max_body": Key(_pos_int, 262144, "Largest request body in bytes; larger gets 413.", "push"),
+    "push_timeout": Key(_number, 30, "Idle timeout and deadline for a whole request, in seconds; 0 = off.", "push"),
     # -- later sections (archive, replay, push, irc, health) add keys below --
     "logging": Key(_any, None, "Accepted for fedmsg compatibility and ignored (we log with twisted.logger).", "compat"),
     "irc": Key(_table_list, (), "IRC bot connections, fedmsg's format (see the IRC page).", "irc"),

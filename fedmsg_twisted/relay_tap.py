@@ -23,5 +23,9 @@ class Options(ConfigOptions):
 def makeService(options: Any) -> StartupGuard:
     config = options["fedmsg_config"]
     top = StartupGuard("fedmsg-relay")
-    RelayService(config).setServiceParent(top)
+    relay = RelayService(config)
+    relay.setServiceParent(top)
+    from fedmsg_twisted.push import add_push_service
+
+    add_push_service(top, config, relay)
     return top
