@@ -379,6 +379,8 @@ class BotProtocol(irc.IRCClient):
         self.joined_channels: set[str] = set()
         self.no_colour: set[str] = set()
         self.sasl_ok = False
+        #: The services account we are logged in to (RPL_LOGGEDIN), if any.
+        self.account: str | None = None
         self.last_seen = 0.0
         self._collisions = 0
         self._calls: dict[Any, Any] = {}
@@ -470,7 +472,11 @@ class BotProtocol(irc.IRCClient):
         self.sendLine("CAP END")
 
     def irc_900(self, prefix: str, params: list[str]) -> None:  # RPL_LOGGEDIN
-        log.info("{net}: logged in as {account}", net=self.settings.name, account=params[2] if len(params) > 2 else "?")
+        self.account = params[2] if len(params) > 2 else "?"
+        log.info("{net}: logged in as {account}", net=self.settings.name, account=self.account)
+
+    def irc_901(self, prefix: str, params: list[str]) -> None:  # RPL_LOGGEDOUT
+        self.account = None
 
     def irc_903(self, prefix: str, params: list[str]) -> None:  # RPL_SASLSUCCESS
         self.sasl_ok = True

@@ -200,3 +200,106 @@ async def raw_client(testcase, port: int, nick: str) -> RawClient:
     testcase.addCleanup(lambda: defer.Deferred.fromCoroutine(cleanup()))
     await client.welcomed
     return client
+
+
+INSPIRCD = shutil.which("inspircd") or "/usr/sbin/inspircd"
+ATHEME = shutil.which("atheme-services") or "/usr/bin/atheme-services"
+
+
+def have_services() -> bool:
+    return os.access(INSPIRCD, os.X_OK) and os.access(ATHEME, os.X_OK)
+
+
+class ServicesServer:
+    """
+    InspIRCd 3 with Atheme services linked to it: SASL PLAIN, NickServ
+    IDENTIFY and REGAIN, as on Libera or OFTC.  Both run in the foreground
+    as children of the test, on free loopback ports.
+    """
+
+    def __init__(self, testcase) -> None:
+        self.testcase = testcase
+        self.dir = os.path.abspath(testcase.mktemp())
+        os.makedirs(os.path.join(self.dir, "data"))
+        self.port = free_port()
+        self.link_port = free_port()
+        d = self.dir
+        with open(os.path.join(d, "inspircd.conf"), "w") as f:
+            f.write(f"""<config format="xml">
+<server name="irc.test.local" description="test" network="TestNet">
+<admin name="a" nick="a" email="a@example.org">
+<bind address="127.0.0.1" port="{self.port}" type="clients">
+<bind address="127.0.0.1" port="{self.link_port}" type="servers">
+<connect name="main" allow="*" timeout="60" pingfreq="120" hardsendq="1M" softsendq="65536" recvq="65536"
+ threshold="1000" commandrate="100000" fakelag="off" localmax="100" globalmax="100" useident="no"
+ resolvehostnames="no">
+<pid file="{d}/inspircd.pid">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="default" target="{d}/inspircd.log">
+<module name="cap">
+<module name="spanningtree">
+<module name="services_account">
+<module name="svshold">
+<module name="sasl">
+<link name="services.test.local" ipaddr="127.0.0.1" port="{self.link_port}" allowmask="127.0.0.0/8"
+ sendpass="linkpw" recvpass="linkpw">
+<uline server="services.test.local" silent="yes">
+<sasl target="services.test.local">
+<dns server="127.0.0.1" timeout="1">
+<security hidesplits="no" hideulines="yes">
+""")
+        modules = ["protocol/inspircd", "backend/opensex", "crypto/pbkdf2v2", "nickserv/main",
+                   "nickserv/identify", "nickserv/register", "nickserv/ghost", "nickserv/enforce",
+                   "saslserv/main", "saslserv/plain"]
+        with open(os.path.join(d, "atheme.conf"), "w") as f:
+            f.write("".join(f'loadmodule "modules/{m}";\n' for m in modules))
+            f.write(f"""
+serverinfo {{
+    name = "services.test.local"; desc = "Test services"; numeric = "00A"; recontime = 1;
+    netname = "TestNet"; hidehostsuffix = "users.test"; adminname = "admin";
+    adminemail = "admin@example.org"; registeremail = "noreply@example.org";
+    loglevel = {{ error; info; }}; maxlogins = 5; maxusers = 5; mdlimit = 30;
+    emaillimit = 10; emailtime = 300; auth = none; casemapping = rfc1459;
+}};
+uplink "irc.test.local" {{
+    host = "127.0.0.1"; port = {self.link_port};
+    send_password = "linkpw"; receive_password = "linkpw";
+}};
+nickserv {{ nick = "NickServ"; user = "NickServ"; host = "services.test.local"; real = "Nick"; maxnicks = 5; expire = 30; }};
+saslserv {{ nick = "SaslServ"; user = "SaslServ"; host = "services.test.local"; real = "SASL"; }};
+general {{
+    flood_msgs = 0; flood_time = 10; ratelimit_uses = 0; ratelimit_period = 60; kline_time = 7;
+    commit_interval = 5; default_clone_allowed = 5; default_clone_warn = 4;
+    uplink_sendq_limit = 1048576; language = "en";
+}};
+""")
+
+    async def start(self) -> None:
+        d = self.dir
+        self.ircd = spawn(self.testcase, [INSPIRCD, "--nofork", "--runasroot", f"--config={d}/inspircd.conf"])
+        await wait_for(lambda: "is now running" in self._output(self.ircd) or self._died(self.ircd),
+                       what="inspircd running")
+        self.services = spawn(self.testcase, [ATHEME, "-n", "-c", f"{d}/atheme.conf", "-D", f"{d}/data",
+                                              "-l", f"{d}/atheme.log", "-p", f"{d}/atheme.pid"])
+        await wait_for(lambda: "finished synching" in self._output(self.services) or self._died(self.services),
+                       what="atheme linked")
+
+    def _output(self, proc) -> str:
+        return "\n".join(proc.lines) + proc.stderr.decode("utf-8", "replace")
+
+    def _died(self, proc) -> bool:
+        if proc.exit_code is not None or proc.ended.called:
+            raise AssertionError("exited: " + "\n".join(proc.lines) + proc.stderr.decode("utf-8", "replace"))
+        return False
+
+    async def register(self, nick: str, password: str, stay: bool = False) -> RawClient:
+        """
+        Register the NickServ account C{nick} from a raw client of that
+        nick; it quits unless C{stay} (then it holds the nick).
+        """
+        client = await raw_client(self.testcase, self.port, nick)
+        client.send(f"PRIVMSG NickServ :REGISTER {password} {nick}@example.org")
+        await wait_for(lambda: any("is now registered" in l for l in client.lines), what=f"{nick} registered")
+        if not stay:
+            client.send("QUIT :done")
+            await client.lost
+        return client

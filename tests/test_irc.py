@@ -2,10 +2,12 @@
 Unit tests of the IRC bot's protocol, queue and configuration.
 
 The protocol runs on a C{StringTransport} with a C{Clock}: the test plays
-the server's side line by line, with the exact replies a server sends.  That
-is how SASL, NickServ and the +c channel mode are tested: ngircd (the real
-server of tests/test_irc_server.py) has no SASL, no services and no channel
-mode c, and InspIRCd + Atheme is too heavy to start per test.
+the server's side line by line, with the exact replies a server sends.  This
+pins the exact wire exchange and the cases a real server cannot be made to
+produce on demand: the +c channel mode (ngircd has no mode c), SASL payload
+chunking, CAP NAK, dead links and timers without waiting.  The same features
+run against real servers in tests/test_irc_server.py (ngircd; InspIRCd with
+Atheme for SASL and NickServ).
 """
 
 from __future__ import annotations

@@ -301,3 +301,59 @@ class AuthTests(ServerTestsMixin, unittest.TestCase):
         await self.bot.announce(envelope("org.fedoraproject.dev.logger.log", {"log": "over tls"}))
         await wait_for(lambda: watcher.said(CHANNEL), what="a line")
         self.assertEqual(watcher.said(CHANNEL), [("fedbot", "NOTICE", "logger.log -- over tls (ralph)")])
+
+
+class ServicesTests(ServerTestsMixin, unittest.TestCase):
+    """
+    SASL and NickServ against a real InspIRCd 3 with Atheme services.
+    """
+
+    from tests.ircserver import have_services
+
+    if not have_services():
+        skip = "inspircd and atheme-services are not installed (apt-get install -y inspircd atheme-services)"
+    del have_services
+
+    async def start_services(self):
+        from tests.ircserver import ServicesServer
+
+        self.server = ServicesServer(self)
+        await self.server.start()
+
+    async def test_sasl_plain(self):
+        await self.start_services()
+        await self.server.register("fedbot", "pw123456")
+        watcher = await raw_client(self, self.server.port, "watcher")
+        await watcher.join(CHANNEL)
+        self.start_bot(sasl_password="pw123456")
+        p = await self.bot.networks[0].when_ready()
+        self.assertTrue(p.sasl_ok)
+        self.assertEqual(p.account, "fedbot")
+        await self.bot_in_channel(watcher)
+        await self.bot.announce(envelope("org.fedoraproject.dev.logger.log", {"log": "authenticated"}))
+        await wait_for(lambda: watcher.said(CHANNEL), what="a line")
+        self.assertEqual(watcher.said(CHANNEL), [("fedbot", "NOTICE", "logger.log -- authenticated (ralph)")])
+
+    async def test_sasl_failure_falls_back_to_nickserv(self):
+        await self.start_services()
+        await self.server.register("fedbot", "pw123456")
+        self.start_bot(sasl_password="wrong-password", nickserv_password="pw123456")
+        p = await self.bot.networks[0].when_ready()
+        self.assertFalse(p.sasl_ok)
+        await wait_for(lambda: p.account == "fedbot", what="identified through NickServ")
+        self.flushLoggedErrors()
+
+    async def test_nickserv_regain(self):
+        """
+        Someone sits on the bot's registered nick: the bot connects as
+        fedbot_, identifies, and NickServ REGAIN gives it its nick back.
+        """
+        await self.start_services()
+        squatter = await self.server.register("fedbot", "pw123456", stay=True)
+        self.start_bot(nickserv_password="pw123456")
+        net = self.bot.networks[0]
+        p = await net.when_ready()
+        self.assertEqual(p.nickname, "fedbot_")
+        await wait_for(lambda: p.nickname == "fedbot", what="nick regained")
+        self.assertEqual(p.account, "fedbot")
+        await wait_for(lambda: any("has regained your nickname" in l for l in squatter.lines), what="squatter told")
