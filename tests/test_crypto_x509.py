@@ -448,6 +448,30 @@ class CRLGraceTests(PKITestCase):
         self.clock.advance(1)
         self.assertTrue(v.validate(self.good).ok)
 
+    def test_grace_is_loud(self):
+        """
+        Running on an expired CRL logs at critical level, rate-limited.
+        """
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        events = []
+
+        def observer(event):
+            if event.get("log_namespace") == "fedmsg_twisted.crypto.x509" and event["log_level"] == LogLevel.critical:
+                events.append(event)
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.pki.write_crl(expired=True)
+        v = self.validator(crl_grace_period=3 * 86400)
+        for i in range(3):
+            self.assertTrue(v.validate(self.good).ok)
+        self.assertEqual(len(events), 1)
+        self.assertIn("grace", events[0]["log_format"])
+        self.clock.advance(v.trust.nag_interval)
+        self.assertTrue(v.validate(self.good).ok)
+        self.assertEqual(len(events), 2)
+
     def test_expired_crl_without_grace(self):
         self.pki.write_crl(expired=True)
         v = self.validator(crl_grace_period=0)

@@ -50,6 +50,8 @@ __all__ = [
     "AsyncRequired",
     "strip_credentials",
     "validate_signed_by",
+    "signer_if_enabled",
+    "validator_if_enabled",
     "select_certname",
     "select_gpg_key",
     "REASONS",
@@ -327,6 +329,20 @@ class Validator:
         topic = envelope.get("topic") if isinstance(envelope, Mapping) else None
         policy = {topic: (signer,)} if isinstance(topic, str) else {}
         return self.validate_async(envelope, policy, True)
+
+
+def signer_if_enabled(config: Mapping[str, Any], **kw: Any) -> "X509Signer | GpgSigner | None":
+    """
+    L{Signer.from_config} when C{sign_messages} is set, else L{None}.
+    """
+    return Signer.from_config(config, **kw) if config.get("sign_messages") else None
+
+
+def validator_if_enabled(config: Mapping[str, Any], **kw: Any) -> Validator | None:
+    """
+    L{Validator.from_config} when C{validate_signatures} is set, else L{None}.
+    """
+    return Validator.from_config(config, **kw) if config.get("validate_signatures") else None
 
 
 def validate_signed_by(envelope: Any, signer: str, validator: Validator) -> defer.Deferred:
