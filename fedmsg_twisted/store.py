@@ -611,16 +611,22 @@ class Archive:
 
     async def _close_pools(self) -> None:
         pools = [p for p in (self._writer_pool, self._reader_pool) if p is not None]
+        conns, self._reader_conns = self._reader_conns, []
         self._writer_pool = self._reader_pool = None
-        # Joining idle threads is quick, but still not the reactor's job.
-        await threads.deferToThread(lambda: [p.stop() for p in pools])
-        for conn in self._reader_conns:
-            try:
-                conn.close()
-            except Exception:
-                pass
-        self._reader_conns = []
         self._local = threading.local()
+
+        def close() -> None:
+            # Joining idle threads and closing connections is quick, but
+            # still not the reactor's job.
+            for p in pools:
+                p.stop()
+            for conn in conns:
+                try:
+                    conn.close()
+                except Exception:
+                    pass
+
+        await threads.deferToThread(close)
 
     def _on_writer(self, f: Callable[..., Any], *a: Any) -> defer.Deferred:
         assert self._writer_pool is not None
@@ -642,7 +648,8 @@ class Archive:
         @param envelope: the decoded body, for the indexed fields.
         @return: a Deferred that never fails.  It fires with a L{Stored}
             seq_id, or with L{None} when the message could not be archived
-            (counted in C{counters["failed"]} or C{counters["dropped"]} and logged).
+            (counted in C{counters["failed"]}, C{["dropped"]} or C{["invalid"]},
+            and logged).
         """
         if not self.running:
             self.counters["dropped"] += 1
@@ -652,14 +659,16 @@ class Archive:
             self.counters["dropped"] += 1
             self._report_failure(1, f"{len(self._pending)} messages already wait for the database")
             return defer.succeed(None)
-        if not isinstance(envelope, Mapping):
-            envelope = {}
-        msg = envelope.get("msg")
-        agent = msg.get("agent") if isinstance(msg, Mapping) else None
-        topic_text = _clean_text(topic) or ""
         d: defer.Deferred = defer.Deferred()
-        self._pending.append(
-            _Pending(
+        try:
+            if not isinstance(body, (bytes, bytearray, memoryview)):
+                raise TypeError(f"body must be bytes, not {type(body).__name__}")
+            if not isinstance(envelope, Mapping):
+                envelope = {}
+            msg = envelope.get("msg")
+            agent = msg.get("agent") if isinstance(msg, Mapping) else None
+            topic_text = _clean_text(topic) or ""
+            pending = _Pending(
                 msg_id=_clean_text(envelope.get("msg_id")),
                 topic=topic_text,
                 timestamp=_clean_number(envelope.get("timestamp")),
@@ -670,7 +679,12 @@ class Archive:
                 body=bytes(body),
                 d=d,
             )
-        )
+        except Exception as e:
+            # A caller's bug must not break its forwarding path either.
+            self.counters["invalid"] += 1
+            log.error("Archive {url}: refused a message: {error}", url=self.url, error=e)
+            return defer.succeed(None)
+        self._pending.append(pending)
         if len(self._pending) >= self.batch_size:
             self._flush()
         elif self._flush_call is None:

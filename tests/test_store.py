@@ -154,6 +154,9 @@ class _ArchiveTests:
         seqs = yield defer.Deferred.fromCoroutine(
             self.add_many(archive, [bad | {"topic": "t.\x00"}, good])
         )
+        wrong = yield archive.add("a.b", "not bytes", {})  # a caller's bug: refused, not raised
+        self.assertIsNone(wrong)
+        self.assertEqual(archive.counters["invalid"], 1)
         nan = yield archive.add("a.b", b"[]", [1, 2])  # not an object
         inf = yield archive.add("a.b", b"{}", {"timestamp": float("inf")})
         self.assertEqual(list(seqs) + [nan, inf], [1, 2, 3, 4])
