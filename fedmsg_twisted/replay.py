@@ -59,6 +59,7 @@ __all__ = [
     "ReplayService",
     "ReplayTimeout",
     "error_frame",
+    "catch_up",
     "get_replay",
     "parse_query",
 ]
@@ -274,7 +275,7 @@ class ReplayServer:
             return [error_frame(NO_MATCH)]
         if len(rows) > self.max_messages:
             return self._refuse(
-                f"Too many messages match the query (more than {self.max_messages}); narrow it down"
+                f"{TOO_MANY} (more than {self.max_messages}); narrow it down"
             )
         size = sum(len(r.body) for r in rows)
         if size > self.max_bytes:
@@ -415,3 +416,62 @@ def get_replay(
         there is no answer within C{timeout} seconds.
     """
     return defer.Deferred.fromCoroutine(_get_replay(address, query, timeout, factory))
+
+
+TOO_MANY = "Too many messages match the query"
+
+
+async def _catch_up(
+    address: str, since: float, until: float, timeout: float, factory: Any, max_requests: int
+) -> list[dict]:
+    windows = [(float(since), float(until))]
+    out: list[dict] = []
+    seen: set[str] = set()
+    requests = 0
+    while windows:
+        t0, t1 = windows.pop(0)
+        requests += 1
+        if requests > max_requests:
+            raise ReplayError(f"{address}: catching up needed more than {max_requests} requests")
+        try:
+            msgs = await get_replay(address, {"time": [t0, t1]}, timeout, factory)
+        except ReplayError as e:
+            mid = t0 + (t1 - t0) / 2
+            if TOO_MANY not in str(e) or not t0 < mid < t1:
+                raise
+            # Inclusive ranges that cover everything between t0 and t1.
+            windows[:0] = [(t0, mid), (math.nextafter(mid, math.inf), t1)]
+            continue
+        for m in msgs:
+            msg_id = m.get("msg_id")
+            if isinstance(msg_id, str):
+                if msg_id in seen:
+                    continue
+                seen.add(msg_id)
+            out.append(m)
+    return out
+
+
+def catch_up(
+    address: str,
+    since: float,
+    until: float,
+    timeout: float = 2.0,
+    factory: Any = None,
+    max_requests: int = 64,
+) -> defer.Deferred:
+    """
+    Every message with a timestamp in C{[since, until]}, even when there are
+    more than the endpoint's C{replay_max_messages}: a window the endpoint
+    refuses as too large is split in two and asked again.  Messages come in
+    time-window order (and seq order within a window), each msg_id once.
+
+    This is how a subscriber heals a gap after a reconnection: ask for the
+    time since the last message it saw and drop the msg_ids it already has.
+
+    @raise ReplayError: when a window cannot be split further, after
+        C{max_requests} requests, or for any other error reply.
+    """
+    return defer.Deferred.fromCoroutine(
+        _catch_up(address, since, until, timeout, factory, max_requests)
+    )

@@ -20,6 +20,7 @@ from fedmsg_twisted.replay import (
     ReplayQuery,
     ReplayService,
     ReplayTimeout,
+    catch_up,
     error_frame,
     get_replay,
     parse_query,
@@ -219,6 +220,33 @@ class ReplayServiceTests(_Endpoint, unittest.TestCase):
         # Our client reports errors as ReplayError with the server's text.
         e = yield self.assertFailure(get_replay(self.address, {"bogus": 1}, 5, self.factory), ReplayError)
         self.assertIn('Unsupported field: "bogus"', str(e))
+
+    @defer.inlineCallbacks
+    def test_catch_up(self):
+        """
+        catch_up() gets a whole time range from an endpoint that refuses
+        more than 3 messages per reply, by splitting it.
+        """
+        yield defer.Deferred.fromCoroutine(self.endpoint(max_messages=3))
+        msgs = yield catch_up(self.address, T0, T0 + 100, 5, self.factory)
+        self.assertEqual([m["msg_id"] for m in msgs], [envelope(n)["msg_id"] for n in range(1, 11)])
+        msgs = yield catch_up(self.address, T0 + 2, T0 + 4, 5, self.factory)
+        self.assertEqual([m["timestamp"] for m in msgs], [T0 + 2, T0 + 3, T0 + 4])
+        self.assertEqual((yield catch_up(self.address, 0, 5, 5, self.factory)), [])
+        yield self.assertFailure(
+            catch_up(self.address, T0, T0 + 100, 5, self.factory, max_requests=2), ReplayError
+        )
+
+    @defer.inlineCallbacks
+    def test_catch_up_unsplittable(self):
+        """
+        More messages in one instant than the endpoint will send: a clear error.
+        """
+        archive, _ = yield defer.Deferred.fromCoroutine(self.endpoint(count=0, max_messages=2))
+        for n in range(3):
+            yield archive.add("a.b.c.d", b"{}", {"msg_id": str(n), "timestamp": 5})
+        e = yield self.assertFailure(catch_up(self.address, 5, 5, 5, self.factory), ReplayError)
+        self.assertIn("Too many messages", str(e))
 
     @defer.inlineCallbacks
     def test_max_bytes(self):
