@@ -463,3 +463,58 @@ class SignedReplayTests(_Endpoint, unittest.TestCase):
         self.assertEqual(
             json.loads(checker.lines[0]), [["2026-signed-0", True], ["2026-signed-2", True]]
         )
+
+
+class RelayArchiveReplayTests(_Endpoint, unittest.TestCase):
+    """
+    The whole chain: the real fedmsg-logger publishes through our relay, the
+    archive (a relay sink) stores it, and the real fedmsg get_replay reads it
+    back, byte for byte what the relay received.
+    """
+
+    @defer.inlineCallbacks
+    def test_logger_relay_archive_replay(self):
+        from fedmsg_twisted.relay import RelayService
+        from tests.fedmsgpeer import peer_bin
+
+        archive, _ = yield defer.Deferred.fromCoroutine(self.endpoint(count=0))
+        cfg = from_dict(
+            {
+                "relay_inbound": [tcp(free_port())],
+                "endpoints": {"relay_outbound": [tcp(free_port())]},
+            }
+        )
+        relay = RelayService(cfg, factory=self.factory)
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        relay.add_sink(archive.add)
+        workdir = write_peer_config(
+            os.path.abspath(self.mktemp()),
+            {
+                "relay_inbound": cfg["relay_inbound"][0],
+                "endpoints": {"relay_outbound": list(cfg["endpoints"]["relay_outbound"])},
+                "replay_endpoints": {"relay": self.address},
+                "io_threads": 1,
+            },
+        )
+        logger = spawn(
+            self,
+            [peer_bin("fedmsg-logger"), "--message", "archived h\u00e9"],
+            env=PEER_ENV,
+            path=workdir,
+        )
+        self.assertEqual((yield logger.ended), 0, logger.stderr)
+        yield defer.Deferred.fromCoroutine(
+            wait_for(lambda: archive.counters["stored"] == 1, what="the message archived")
+        )
+        (row,) = yield archive.get()
+        self.assertEqual(json.loads(row.body)["msg"], {"log": "archived h\u00e9"})
+        self.assertEqual(row.category, "logger")
+        client = spawn(
+            self,
+            [peer_python(), "-c", FEDMSG_CLIENT, json.dumps({"msg_id": row.msg_id})],
+            env=PEER_ENV,
+            path=workdir,
+        )
+        self.assertEqual((yield client.ended), 0, client.stderr)
+        self.assertEqual(json.loads(client.lines[0]), {"ok": [json.loads(row.body)]})
