@@ -52,6 +52,29 @@ class Options(ConfigOptions):
             raise usage.UsageError(str(e))
 
 
+def follow_srv(config: Any, subscriber: Any, exclude: Any = ()) -> Any:
+    """
+    A discovery service keeping C{subscriber} connected to the SRV endpoints
+    of C{srv_endpoints}, or L{None} when there are none.
+
+    @param exclude: addresses never to connect to (the gateway's own).
+    """
+    if not config.get("srv_endpoints"):
+        return None
+    from fedmsg_twisted.discovery import SRVDiscoveryService
+
+    skip = set(exclude)
+
+    def on_change(name: str, added: Any, removed: Any) -> None:
+        for address in removed:
+            subscriber.remove_endpoint(name, address)
+        for address in added:
+            if address not in skip:
+                subscriber.add_endpoint(name, address)
+
+    return SRVDiscoveryService(config, on_change, static=subscriber.endpoints())
+
+
 def makeService(options: Any) -> StartupGuard:
     config = options["fedmsg_config"]
     bind, hwm, topics = options["gateway"]
@@ -59,6 +82,12 @@ def makeService(options: Any) -> StartupGuard:
     top = StartupGuard("fedmsg-gateway")
     gateway = GatewayService(config, bind=bind, high_water_mark=hwm, topics=topics)
     gateway.setServiceParent(top)
+    try:
+        discovery = follow_srv(config, gateway.subscriber, exclude=[bind])
+    except ValueError as e:  # ConfigError: a bad srv_endpoints or srv_nameservers
+        raise SystemExit(f"fedmsg-gateway: cannot start: {e}") from None
+    if discovery is not None:
+        discovery.setServiceParent(top)
     if listen is not None:
         HealthService(listen, [GatewayHealth(gateway, window=window)]).setServiceParent(top)
     return top

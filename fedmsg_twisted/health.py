@@ -230,6 +230,7 @@ class TrackedSubscriberService(SubscriberService):
         try:
             sock.connect(address)
         except Exception as e:
+            sock.socket.disable_monitor()
             sock.close()
             mon.close()
             self.counters.incr("connect-errors")
@@ -253,6 +254,19 @@ class TrackedSubscriberService(SubscriberService):
                 address=key[1],
             )
 
+    def _disable_monitor(self, key: tuple[str, str]) -> None:
+        # libzmq sends monitor events from its I/O thread with a blocking
+        # send: an event for a monitor whose reader is gone (the socket
+        # closing after our PAIR) would hang that thread, and with it every
+        # zmq connection of the process.  So: stop the events first, then
+        # close the socket, then the reader.
+        sock = self._sockets.get(key)
+        if sock is not None and sock.factory is not None:
+            try:
+                sock.socket.disable_monitor()
+            except Exception:
+                pass
+
     def _close_monitor(self, key: tuple[str, str]) -> None:
         mon = self._monitors.pop(key, None)
         self.connected.pop(key, None)
@@ -260,10 +274,13 @@ class TrackedSubscriberService(SubscriberService):
             mon.close()
 
     def remove_endpoint(self, name: str, address: str) -> None:
+        self._disable_monitor((name, address))
         super().remove_endpoint(name, address)
         self._close_monitor((name, address))
 
     def stopService(self) -> defer.Deferred:
+        for key in list(self._monitors):
+            self._disable_monitor(key)
         d = super().stopService()
         for key in list(self._monitors):
             self._close_monitor(key)

@@ -9,6 +9,7 @@ from typing import Any
 from twisted.python import usage
 
 from fedmsg_twisted.consumer import ConsumerError
+from fedmsg_twisted.gateway_tap import follow_srv
 from fedmsg_twisted.health import HealthError, HealthService, health_settings
 from fedmsg_twisted.hub import HubHealth, HubService, entry_point_consumers, load_consumer
 from fedmsg_twisted.tap import ConfigOptions, StartupGuard
@@ -94,6 +95,12 @@ def makeService(options: Any) -> StartupGuard:
         # One line on stderr and exit status 1, not a traceback.
         raise SystemExit(f"fedmsg-hub: cannot start: {e}") from None
     hub.setServiceParent(top)
+    try:
+        discovery = follow_srv(config, hub.subscriber)
+    except ValueError as e:  # ConfigError: a bad srv_endpoints or srv_nameservers
+        raise SystemExit(f"fedmsg-hub: cannot start: {e}") from None
+    if discovery is not None:
+        discovery.setServiceParent(top)
     if listen is not None:
         HealthService(listen, [HubHealth(hub, window=window)]).setServiceParent(top)
     return top

@@ -417,3 +417,39 @@ class HubProcessTests(HubTestCase):
             output = proc.stderr.decode() + "\n".join(proc.lines)
             self.assertIn(text, output)
             self.assertNotIn("Traceback", output)
+
+
+class DiscoveryTests(HubTestCase):
+    async def test_hub_follows_srv_records(self):
+        from fedmsg_twisted import hub_tap
+        from tests.dnsserver import DNSServer
+
+        server = await DNSServer.start(self, zone="test", ttl=1)
+        relay_out = free_port()
+        values = bus_values(endpoints={"relay_outbound": [tcp(relay_out)]})
+        cfg = config.from_dict(values)
+        self.start(RelayService(cfg))
+        server.set_srv("_fedmsg._tcp.site.test", [(0, 0, relay_out, "localhost.")])
+        path = self.mktemp() + ".toml"
+        with open(path, "w") as f:
+            f.write(
+                f'relay_inbound = {json.dumps(values["relay_inbound"])}\n'
+                f'srv_endpoints = ["site.test"]\nsrv_nameservers = ["{server.address}"]\n'
+                "[endpoints]\n"
+            )
+        opts = hub_tap.Options()
+        opts.parseOptions(["--config", path, "--consumer", "tests.test_hub:Recorder"])
+        top = hub_tap.makeService(opts)
+        self.start(top)
+        hub = next(s for s in top if isinstance(s, HubService))
+        await wait_for(lambda: hub.subscriber.connected_count() == 1, what="connected through SRV")
+        self.assertEqual(hub.subscriber.endpoints(), {"site.test": (f"tcp://localhost:{relay_out}",)})
+        pub = self.start(PublisherService(cfg.replace(active=True)))
+        await pub.publish(topic="thing", modname="svc", msg={"n": 7})
+        recorder = self.worker(hub, "Recorder").consumer
+        await wait_for(lambda: recorder.seen, what="message via the discovered relay")
+        self.assertEqual(recorder.seen[0]["name"], "site.test")
+        # The service is withdrawn (RFC 2782 target "."): the hub disconnects.
+        server.set_srv("_fedmsg._tcp.site.test", [(0, 0, 0, ".")])
+        await wait_for(lambda: not hub.subscriber.endpoints().get("site.test"), what="endpoint removed", timeout=15)
+        self.assertEqual(hub.subscriber.connected_count(), 0)
