@@ -1,0 +1,540 @@
+"""
+Tests for L{fedmsg_twisted.web} and L{fedmsg_twisted.query}: the query API,
+statistics and the event stream, over HTTP on loopback.
+
+The archive is filled by real publishes: an active L{PublisherService}
+sends to a L{RelayService}, whose sink stores into a real SQLite L{Archive}
+(as C{relay_tap} wires it).  Clients are C{twisted.web.client.Agent}s.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import quote, urlencode
+
+from twisted.internet import defer, protocol, reactor, task
+from twisted.trial import unittest
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+
+from fedmsg_twisted import encoding, query, web
+from fedmsg_twisted.config import Config, ConfigError, from_dict
+from fedmsg_twisted.publisher import PublisherService
+from fedmsg_twisted.relay import RelayService
+from fedmsg_twisted.store import Archive
+from tests.util import free_port, tcp, wait_for
+
+
+def web_config(**extra) -> Config:
+    """
+    A bus config for relay + active publisher, with web_* keys (not yet in
+    config.KEYS, so added to the checked config directly).
+    """
+    cfg = from_dict(
+        {
+            "relay_inbound": [tcp(free_port())],
+            "endpoints": {"relay_outbound": [tcp(free_port())]},
+            "post_init_sleep": 5.0,
+            "timeout": 5.0,
+        }
+    )
+    values = dict(cfg)
+    values.update({"web_listen": "tcp:0:interface=127.0.0.1"})
+    values.update(extra)
+    return Config(values, cfg.sources)
+
+
+class _StreamReader(protocol.Protocol):
+    """
+    Collects an event stream and parses it into C{(id, event, data)}.
+    """
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.events: list[tuple[str | None, str, dict]] = []
+        self.done: defer.Deferred = defer.Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\n\n" in self.buffer:
+            block, self.buffer = self.buffer.split(b"\n\n", 1)
+            ev_id, ev, data_lines = None, "message", []
+            for line in block.decode("utf-8").split("\n"):
+                if line.startswith(":") or not line:
+                    continue
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "id":
+                    ev_id = value
+                elif field == "event":
+                    ev = value
+                elif field == "data":
+                    data_lines.append(value)
+            if data_lines:
+                self.events.append((ev_id, ev, json.loads("\n".join(data_lines))))
+
+    def connectionLost(self, reason) -> None:
+        self.done.callback(None)
+
+    def messages(self) -> list[dict]:
+        return [d for _, ev, d in self.events if ev == "message"]
+
+
+class WebTestCase(unittest.TestCase):
+    """
+    Relay -> archive -> dashboard, with a publisher on the relay.
+    """
+
+    async def bus(self, **extra) -> None:
+        self.cfg = web_config(**extra)
+        self.archive = Archive(state_directory=self.mktemp(), batch_interval=0.01)
+        await self.archive.start()
+        self.addCleanup(self.archive.stop)
+        self.relay = RelayService(self.cfg)
+        self.relay.add_sink(self.archive.add)  # what relay_tap does
+        self.relay.startService()
+        self.addCleanup(self.relay.stopService)
+        self.web = web.DashboardService(self.cfg, self.archive, self.relay)
+        self.web.startService()
+        self.addCleanup(self.web.stopService)
+        self.port = self.web.port.getHost().port
+        self.pub = PublisherService(self.cfg.replace(active=True))
+        self.pub.startService()
+        self.addCleanup(self.pub.stopService)
+        self.agent = Agent(reactor)
+        self.published: list[dict] = []
+
+    async def publish(self, topic: str, msg, modname: str = "logger") -> dict:
+        env = await self.pub.publish(topic=topic, modname=modname, msg=msg)
+        self.published.append(env)
+        return env
+
+    async def stored(self, n: int | None = None) -> None:
+        n = len(self.published) if n is None else n
+        await wait_for(lambda: self.archive.counters["stored"] >= n, what=f"{n} messages archived")
+
+    async def get(self, path: str, method: bytes = b"GET", headers: dict | None = None):
+        h = Headers({k: [v] for k, v in (headers or {}).items()})
+        resp = await self.agent.request(method, f"http://127.0.0.1:{self.port}{path}".encode(), h)
+        body = await readBody(resp)
+        return resp.code, resp.headers, body
+
+    async def get_json(self, path: str, expect: int = 200, **kw):
+        code, headers, body = await self.get(path, **kw)
+        self.assertEqual(code, expect, body)
+        self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
+        return json.loads(body)
+
+    async def stream(self, path: str, headers: dict | None = None) -> _StreamReader:
+        h = Headers({k: [v] for k, v in (headers or {}).items()})
+        resp = await self.agent.request(b"GET", f"http://127.0.0.1:{self.port}{path}".encode(), h)
+        self.assertEqual(resp.code, 200)
+        self.assertEqual(resp.headers.getRawHeaders(b"content-type"), [b"text/event-stream; charset=utf-8"])
+        reader = _StreamReader()
+        resp.deliverBody(reader)
+
+        def close():
+            if not reader.done.called:
+                reader.transport.stopProducing()
+            return reader.done
+
+        self.addCleanup(close)
+        return reader
+
+    async def fill(self) -> None:
+        """
+        Six messages from four services, two users, a package and non-ASCII text.
+        """
+        await self.publish("log", {"log": "hello world", "agent": "ralph"})
+        await self.publish("log", {"log": "caf\u00e9 au lait", "agent": "pingou"})
+        await self.publish("update.comment", {"comment": {"text": "works"}, "agent": "ralph",
+                                              "update": {"packages": ["nethack"]}}, modname="bodhi")
+        await self.publish("receive", {"commit": {"repo": "rpms/nethack", "agent": "pingou"}}, modname="git")
+        await self.publish("task.state.change", {"srpm": "kernel-6.1", "owner": "jforbes"}, modname="buildsys")
+        await self.publish("log", {"log": "<script>alert(1)</script> \"quoted\""})
+        await self.stored()
+
+
+class RawTests(WebTestCase):
+    async def test_everything_newest_first(self):
+        await self.bus()
+        await self.fill()
+        got = await self.get_json("/raw")
+        self.assertEqual(got["total"], 6)
+        self.assertEqual(got["count"], 6)
+        self.assertEqual(got["pages"], 1)
+        # The stored envelopes, parsed, newest first (datagrepper's default).
+        self.assertEqual(got["raw_messages"], list(reversed(self.published)))
+        args = got["arguments"]
+        self.assertEqual((args["page"], args["rows_per_page"], args["order"]), (1, 25, "desc"))
+        for key in ("topics", "categories", "users", "packages", "contains", "start", "end", "delta", "meta"):
+            self.assertIn(key, args)
+
+    async def test_filters(self):
+        await self.bus()
+        await self.fill()
+        p = self.published
+
+        async def ids(params):
+            got = await self.get_json("/raw?" + urlencode(params, doseq=True) + "&order=asc")
+            self.assertEqual(got["total"], len(got["raw_messages"]))
+            return [p.index(m) for m in got["raw_messages"]]
+
+        self.assertEqual(await ids({"category": "logger"}), [0, 1, 5])
+        self.assertEqual(await ids({"category": ["git", "bodhi"]}), [2, 3])
+        self.assertEqual(await ids({"topic": "org.fedoraproject.dev.git.receive"}), [3])
+        self.assertEqual(await ids({"topic": ["org.fedoraproject.dev.git.receive",
+                                              "org.fedoraproject.dev.bodhi.update.comment"]}), [2, 3])
+        self.assertEqual(await ids({"user": "ralph"}), [0, 2])
+        self.assertEqual(await ids({"not_user": "ralph"}), [1, 3, 4, 5])
+        self.assertEqual(await ids({"not_category": "logger"}), [2, 3, 4])
+        self.assertEqual(await ids({"category": "logger", "user": "pingou"}), [1])
+        self.assertEqual(await ids({"contains": "hello"}), [0])
+        # Non-ASCII is stored \u-escaped in canonical JSON: found either way.
+        self.assertEqual(await ids({"contains": "caf\u00e9"}), [1])
+        self.assertEqual(await ids({"contains": '"quoted"'}), [5])
+        self.assertEqual(await ids({"contains": "<script>"}), [5])
+        self.assertEqual(await ids({"contains": "%"}), [])  # no LIKE wildcards
+        # package: a whole JSON string value in the body.
+        self.assertEqual(await ids({"package": "nethack"}), [2])
+        self.assertEqual(await ids({"package": "kernel"}), [])
+        self.assertEqual(await ids({"not_package": "nethack"}), [0, 1, 3, 4, 5])
+        ts = [m["timestamp"] for m in p]
+        self.assertEqual(await ids({"start": ts[0], "end": ts[5]}), [0, 1, 2, 3, 4, 5])
+        self.assertEqual(await ids({"start": ts[5] + 1}), [])
+        self.assertEqual(await ids({"end": ts[0] - 1}), [])
+        self.assertEqual(await ids({"delta": 3600}), [0, 1, 2, 3, 4, 5])
+        self.assertEqual(await ids({"end": ts[0] - 100, "delta": 50}), [])
+
+    async def test_pages(self):
+        await self.bus()
+        await self.fill()
+        first = await self.get_json("/raw?rows_per_page=4")
+        second = await self.get_json("/raw?rows_per_page=4&page=2")
+        beyond = await self.get_json("/raw?rows_per_page=4&page=3")
+        self.assertEqual((first["pages"], first["count"], first["total"]), (2, 4, 6))
+        self.assertEqual((second["count"], beyond["count"], beyond["total"]), (2, 0, 6))
+        self.assertEqual(first["raw_messages"] + second["raw_messages"], list(reversed(self.published)))
+        asc = await self.get_json("/raw?rows_per_page=4&order=asc")
+        self.assertEqual(asc["raw_messages"], self.published[:4])
+
+    async def test_meta(self):
+        await self.bus()
+        await self.fill()
+        got = await self.get_json("/raw?category=logger&meta=title&meta=subtitle&meta=link&rows_per_page=1")
+        (m,) = got["raw_messages"]
+        self.assertEqual(set(m["meta"]), {"title", "subtitle", "link"})
+        self.assertIn("<script>", m["meta"]["subtitle"])
+
+    async def test_bad_parameters_name_the_parameter(self):
+        await self.bus(web_max_rows_per_page=50)
+        cases = {
+            "rows_per_page=51": "rows_per_page",
+            "rows_per_page=0": "rows_per_page",
+            "rows_per_page=ten": "rows_per_page",
+            "page=0": "page",
+            "page=-3": "page",
+            "order=sideways": "order",
+            "start=yesterday": "start",
+            "end=nan": "end",
+            "delta=-5": "delta",
+            "start=100&end=50": "end",
+            "meta=colour": "meta",
+            "order=asc&order=desc": "order",
+            "topic=%FF": "topic",
+            "user=a%00b": "user",
+        }
+        for qs, param in cases.items():
+            got = await self.get_json("/raw?" + qs, expect=400)
+            self.assertEqual((got["param"], got["reason"]), (param, "bad-parameter"), qs)
+            self.assertIn(param, got["error"])
+        got = await self.get_json("/stats?by=colour", expect=400)
+        self.assertEqual(got["param"], "by")
+        got = await self.get_json("/stats?window=0", expect=400)
+        self.assertEqual(got["param"], "window")
+        got = await self.get_json("/events?since=abc", expect=400)
+        self.assertEqual(got["param"], "since")
+        got = await self.get_json("/events", headers={b"Last-Event-ID": b"x"}, expect=400)
+        self.assertEqual(got["param"], "Last-Event-ID")
+        self.assertEqual(self.web.counters.get("bad-request", "rows_per_page"), 3)
+        # Still serving.
+        self.assertEqual((await self.get_json("/raw"))["total"], 0)
+
+    async def test_read_only(self):
+        await self.bus()
+        for path in ("/raw", "/id?id=x", "/stats", "/events", "/", "/static/dashboard.js"):
+            for method in (b"POST", b"PUT", b"DELETE", b"PATCH"):
+                code, headers, body = await self.get(path, method=method)
+                self.assertEqual(code, 405, (path, method))
+                self.assertEqual(headers.getRawHeaders(b"allow"), [b"GET, HEAD"])
+                self.assertEqual(json.loads(body)["reason"], "method")
+
+    async def test_id(self):
+        await self.bus()
+        await self.fill()
+        env = self.published[2]
+        got = await self.get_json("/id?id=" + quote(env["msg_id"]))
+        self.assertEqual(got, env)
+        got = await self.get_json("/id?meta=link&id=" + quote(env["msg_id"]))
+        self.assertEqual(set(got["meta"]), {"link"})
+        missing = await self.get_json("/id?id=2026-nope", expect=404)
+        self.assertEqual(missing["param"], "id")
+        self.assertEqual((await self.get_json("/id", expect=400))["param"], "id")
+
+    async def test_unknown_pages_and_static(self):
+        await self.bus()
+        code, headers, body = await self.get("/")
+        self.assertEqual(code, 200)
+        self.assertIn(b"<title>fedmsg bus</title>", body)
+        csp = headers.getRawHeaders(b"content-security-policy")[0]
+        self.assertIn(b"script-src 'self'", csp)
+        self.assertNotIn(b"unsafe-inline", csp)
+        for name, ctype in (("dashboard.js", b"text/javascript"), ("dashboard.css", b"text/css")):
+            code, headers, body = await self.get("/static/" + name)
+            self.assertEqual(code, 200)
+            self.assertTrue(headers.getRawHeaders(b"content-type")[0].startswith(ctype))
+        js = (await self.get("/static/dashboard.js"))[2]
+        self.assertNotIn(b"innerHTML", js)
+        await self.get_json("/static/../web.py", expect=404)
+        await self.get_json("/static/nope.js", expect=404)
+        await self.get_json("/nope", expect=404)
+
+    async def test_host_names(self):
+        # Bound to loopback: a DNS-rebinding page's Host name is refused.
+        await self.bus()
+        got = await self.get_json("/raw", headers={b"Host": b"evil.example:80"}, expect=421)
+        self.assertEqual(got["reason"], "host")
+        await self.get_json("/raw", headers={b"Host": f"localhost:{self.port}".encode()})
+        await self.get_json("/raw", headers={b"Host": b"[::1]:8080"})
+
+    async def test_allowed_hosts(self):
+        await self.bus(web_allowed_hosts=["bus.example.org"])
+        await self.get_json("/raw", headers={b"Host": b"bus.example.org"})
+        await self.get_json("/raw", headers={b"Host": b"localhost"}, expect=421)
+
+    async def test_query_timeout(self):
+        await self.bus(web_query_timeout=1e-9)
+        for n in range(5000):
+            self.archive.add("org.x.dev.t.e", b'{"msg": "%d"}' % n, {"msg": str(n)})
+        await self.archive.flush()
+        got = await self.get_json("/raw?contains=nothing-like-this", expect=503)
+        self.assertEqual(got["reason"], "timeout")
+        self.assertEqual(self.web.counters.get("timeouts"), 1)
+        # The reader connection is usable afterwards.
+        self.web.query_timeout = 30.0
+        self.assertEqual((await self.get_json("/raw?contains=%224999%22"))["total"], 1)
+
+    async def test_archive_stopped(self):
+        await self.bus()
+        await self.archive.stop()
+        got = await self.get_json("/raw", expect=503)
+        self.assertEqual(got["reason"], "archive")
+
+
+class StatsTests(WebTestCase):
+    async def test_counts_by(self):
+        await self.bus()
+        await self.fill()
+        got = await self.get_json("/stats?window=3600&by=category&buckets=10")
+        self.assertEqual(got["total"], 6)
+        self.assertEqual(got["counts"][0], {"key": "logger", "count": 3})
+        self.assertEqual({c["key"]: c["count"] for c in got["counts"]}, {"logger": 3, "bodhi": 1, "git": 1, "buildsys": 1})
+        self.assertEqual(len(got["series"]), 10)
+        self.assertEqual(sum(got["series"]), 6)
+        self.assertEqual(got["bucket"], 360.0)
+        users = await self.get_json("/stats?by=user")
+        self.assertEqual({c["key"]: c["count"] for c in users["counts"]}, {"ralph": 2, "pingou": 1, None: 3})
+        topics = await self.get_json("/stats?by=topic&limit=1")
+        self.assertEqual(topics["counts"], [{"key": "org.fedoraproject.dev.logger.log", "count": 3}])
+
+    async def test_windows(self):
+        # An archive on a clock we move: messages received at known times.
+        now = 1_000_000.0
+        clock = task.Clock()
+        archive = Archive(state_directory=self.mktemp(), clock=clock)
+        await archive.start()
+        self.addCleanup(archive.stop)
+        for age, cat in ((7000, "old"), (3000, "a"), (1000, "a"), (10, "b")):
+            clock.advance(now - age - clock.seconds())
+            archive.add(f"org.x.dev.{cat}.e", b'{"msg": 1}', {"msg": 1})
+            await archive.flush()
+        q = query.parse_stats({b"window": [b"3600"], b"buckets": [b"4"]})
+        got = await query.stats(archive, q, now)
+        self.assertEqual((got["start"], got["end"], got["total"]), (now - 3600, now, 3))
+        self.assertEqual({c["key"]: c["count"] for c in got["counts"]}, {"a": 2, "b": 1})
+        # Buckets of 900 s: ages 3000 (bucket 0), 1000 (bucket 2), 10 (bucket 3).
+        self.assertEqual(got["series"], [1, 0, 1, 1])
+        got = await query.stats(archive, query.parse_stats({b"window": [b"86400"]}), now)
+        self.assertEqual(got["total"], 4)
+        # The service's "now" comes from its clock.
+        svc = web.DashboardService(web_config(), archive, clock=clock)
+        self.assertEqual(svc.now(), now - 10)
+
+
+class EventTests(WebTestCase):
+    async def test_backlog_then_live(self):
+        await self.bus()
+        await self.fill()
+        reader = await self.stream("/events?backlog=2")
+        await wait_for(lambda: len(reader.messages()) == 2, what="backlog")
+        ids = [int(i) for i, ev, _ in reader.events if ev == "message"]
+        self.assertEqual(ids, [5, 6])
+        last = reader.messages()[-1]
+        self.assertEqual(last["topic"], "org.fedoraproject.dev.logger.log")
+        self.assertIn("<script>", last["subtitle"])  # data as is; the page shows it as text
+        env = await self.publish("update.comment", {"comment": {"text": "live one"}}, modname="bodhi")
+        await wait_for(lambda: len(reader.messages()) == 3, what="live message")
+        live = reader.messages()[-1]
+        self.assertEqual((live["seq_id"], live["msg_id"], live["category"]), (7, env["msg_id"], "bodhi"))
+        for key in ("title", "subtitle", "link", "topic", "timestamp"):
+            self.assertIn(key, live)
+
+    async def test_reconnect_replays_what_was_missed(self):
+        await self.bus()
+        await self.fill()
+        reader = await self.stream("/events", headers={b"Last-Event-ID": b"2"})
+        await wait_for(lambda: len(reader.messages()) == 4, what="replay after 2")
+        self.assertEqual([m["seq_id"] for m in reader.messages()], [3, 4, 5, 6])
+        # Last-Event-ID wins over ?since= (EventSource keeps the URL it started with).
+        reader = await self.stream("/events?since=0", headers={b"Last-Event-ID": b"5"})
+        await wait_for(lambda: len(reader.messages()) == 1, what="replay after 5")
+        self.assertEqual(reader.messages()[0]["seq_id"], 6)
+        # A position from another (reset) archive: from now on.
+        reader = await self.stream("/events?since=999")
+        await self.publish("log", {"log": "after reset"})
+        await wait_for(lambda: reader.messages(), what="live after a bad position")
+        self.assertEqual([m["seq_id"] for m in reader.messages()], [7])
+
+    async def test_replay_is_bounded(self):
+        await self.bus(web_max_replay=3)
+        await self.fill()
+        reader = await self.stream("/events?since=1")
+        await wait_for(lambda: len(reader.messages()) == 3, what="bounded replay")
+        (gap,) = [(i, d) for i, ev, d in reader.events if ev == "gap"]
+        self.assertEqual(gap[1], {"after": 1, "resumed_at": 4, "max_replay": 3})
+        self.assertEqual([m["seq_id"] for m in reader.messages()], [4, 5, 6])
+
+    async def test_filters(self):
+        await self.bus()
+        reader = await self.stream("/events?topic=org.fedoraproject.dev.git&category=git")
+        other = await self.stream("/events?topic=org.fedoraproject.dev.gi")
+        await self.fill()
+        await self.publish("log", {"log": "last"})
+        everything = await self.stream("/events?since=0")
+        await wait_for(lambda: len(everything.messages()) == 7, what="all")
+        await wait_for(lambda: reader.messages(), what="git message")
+        self.assertEqual([m["category"] for m in reader.messages()], ["git"])
+        self.assertEqual(other.messages(), [])  # prefixes end at a dot
+
+    async def test_no_loss_across_a_busy_reconnect(self):
+        # Messages arriving while a client replays reach it exactly once, in order.
+        await self.bus()
+        await self.fill()
+        readers = []
+        for i in range(4):
+            readers.append(await self.stream(f"/events?since={i}"))
+            await self.publish("log", {"log": f"during {i}"})
+        await self.stored()
+        for i, r in enumerate(readers):
+            await wait_for(lambda r=r: r.messages() and r.messages()[-1]["seq_id"] == 10, what="all live")
+            self.assertEqual([m["seq_id"] for m in r.messages()], list(range(i + 1, 11)))
+
+    async def test_too_many_clients(self):
+        await self.bus(web_max_clients=1)
+        await self.stream("/events")
+        got = await self.get_json("/events", expect=503)
+        self.assertEqual(got["reason"], "busy")
+
+    async def test_stop_closes_streams(self):
+        await self.bus()
+        reader = await self.stream("/events")
+        await wait_for(lambda: self.web.clients, what="client registered")
+        await self.web.stopService()
+        await reader.done
+        self.assertEqual(self.web.clients, set())
+
+
+class ListenTests(unittest.TestCase):
+    def test_descriptions(self):
+        d = web.listen_description
+        self.assertEqual(d("8080"), ("tcp:8080:interface=127.0.0.1", False, True))
+        self.assertEqual(d("tcp:8080"), ("tcp:8080:interface=127.0.0.1", False, True))
+        self.assertEqual(d("tcp6:8080"), ("tcp6:8080:interface=\\:\\:1", False, True))
+        self.assertEqual(d("tcp6:80:interface=\\:\\:"), ("tcp6:80:interface=\\:\\:", False, False))
+        self.assertEqual(d("ssl:8443"), ("tcp:8443:interface=127.0.0.1", True, True))
+        self.assertEqual(d("tcp:80:interface=0.0.0.0"), ("tcp:80:interface=0.0.0.0", False, False))
+        self.assertEqual(d("unix:/run/bus.sock"), ("unix:/run/bus.sock", False, False))
+        with self.assertRaises(ConfigError) as cm:
+            d("ssl:8443:privateKey=k.pem")
+        self.assertIn("web_certificate", str(cm.exception))
+
+    def test_off_unless_configured(self):
+        from twisted.application.service import MultiService
+
+        parent = MultiService()
+        self.assertIsNone(web.add_dashboard(parent, web_config(web_listen=None), None, None))
+        self.assertEqual(list(parent), [])
+        svc = web.add_dashboard(parent, web_config(), None, None)
+        self.assertEqual(list(parent), [svc])
+
+    def test_bad_listen(self):
+        svc = web.DashboardService(web_config(web_listen="carrier-pigeon:9"), None)
+        with self.assertRaises(ConfigError) as cm:
+            svc.startService()
+        self.assertIn("web_listen", str(cm.exception))
+
+    def test_port_taken(self):
+        from twisted.internet import reactor as r
+
+        port = r.listenTCP(0, protocol.Factory(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        svc = web.DashboardService(web_config(web_listen=f"tcp:{port.getHost().port}"), None)
+        with self.assertRaises(web.WebError) as cm:
+            svc.startService()
+        self.assertIn("cannot listen", str(cm.exception))
+
+
+class TLSTests(WebTestCase):
+    async def test_https(self):
+        import ssl
+        import http.client
+
+        from twisted.internet import threads
+
+        from tests.certs import make_pki
+
+        pki = make_pki(self.mktemp())
+        crt, key = pki.issue("localhost", client=False, server=True, dns=["localhost"], ips=["127.0.0.1"])
+        await self.bus(web_listen="ssl:0", web_certificate=crt, web_private_key=key)
+        await self.publish("log", {"log": "over tls"})
+        await self.stored()
+
+        def fetch():
+            ctx = ssl.create_default_context(cafile=pki.ca_cert_path)
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=ctx, timeout=10)
+            try:
+                conn.request("GET", "/raw")
+                resp = conn.getresponse()
+                return resp.status, json.loads(resp.read())
+            finally:
+                conn.close()
+
+        status, got = await threads.deferToThread(fetch)
+        self.assertEqual((status, got["total"]), (200, 1))
+
+    def test_bad_tls_material(self):
+        from tests.certs import make_pki
+
+        pki = make_pki(self.mktemp())
+        crt, key = pki.issue("localhost", client=False, server=True)
+        other_crt, _ = pki.issue("other", client=False, server=True, fresh_key=True)
+        with self.assertRaises(ConfigError) as cm:
+            web.tls_options({"web_certificate": crt})
+        self.assertIn("web_private_key", str(cm.exception))
+        with self.assertRaises(ConfigError) as cm:
+            web.tls_options({"web_certificate": other_crt, "web_private_key": key})
+        self.assertIn("does not match", str(cm.exception))
+        with self.assertRaises(ConfigError) as cm:
+            web.tls_options({"web_certificate": key, "web_private_key": key})
+        self.assertIn("no PEM certificate", str(cm.exception))
