@@ -49,7 +49,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from fedmsg_twisted import encoding
-from fedmsg_twisted.store import MirroredCounter
+from fedmsg_twisted.store import MirroredCounter, ResultTooLarge
 
 __all__ = [
     "QueryError",
@@ -263,7 +263,13 @@ class ReplayServer:
             return [error_frame("Replay server is busy, try again later")]
         self._running += 1
         try:
-            rows = await self.archive.get(limit=self.max_messages + 1, **query.selectors())
+            rows = await self.archive.get(
+                limit=self.max_messages + 1, max_bytes=self.max_bytes, **query.selectors()
+            )
+        except ResultTooLarge as e:
+            return self._refuse(
+                f"The reply would be too large ({e.size} bytes, limit {e.limit}); narrow the query down"
+            )
         except Exception as e:
             self.counters["archive_failed"] += 1
             log.error("Replay query {keys} failed in the archive: {error}", keys=query.keys, error=e)
@@ -276,11 +282,6 @@ class ReplayServer:
         if len(rows) > self.max_messages:
             return self._refuse(
                 f"{TOO_MANY} (more than {self.max_messages}); narrow it down"
-            )
-        size = sum(len(r.body) for r in rows)
-        if size > self.max_bytes:
-            return self._refuse(
-                f"The reply would be too large ({size} bytes, limit {self.max_bytes}); narrow the query down"
             )
         self.counters["replayed"] += len(rows)
         log.debug("Replaying {n} messages for {keys}", n=len(rows), keys=query.keys)

@@ -36,7 +36,6 @@ import math
 import os
 import sqlite3
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -53,6 +52,7 @@ __all__ = [
     "Archive",
     "ArchiveError",
     "ArchiveService",
+    "ResultTooLarge",
     "Row",
     "Stored",
     "category_of",
@@ -90,6 +90,17 @@ class ArchiveError(Exception):
     The archive cannot be used at all (corrupt file, unreachable database).
     The message names the file or the URL (without its password).
     """
+
+
+class ResultTooLarge(ArchiveError):
+    """
+    A query whose bodies add up to more than the caller's C{max_bytes}.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"the result is {size} bytes, more than {limit}")
+        self.size = size
+        self.limit = limit
 
 
 class Stored(int):
@@ -183,6 +194,7 @@ def _redact(url: str) -> str:
 class _Backend:
     name: str
     placeholder = "?"
+    length = "length"  # the SQL function giving a BLOB's size in bytes
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -194,14 +206,14 @@ class _Backend:
         """Create the tables; return whether the database is writable."""
         raise NotImplementedError
 
+    def begin(self, conn: Any) -> None:
+        raise NotImplementedError
+
     def sql(self, text: str) -> str:
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)
 
     def in_clause(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
         return f"{column} IN ({','.join('?' * len(values))})", list(values)
-
-    def is_integrity_error(self, e: BaseException) -> bool:
-        raise NotImplementedError
 
 
 class _ReadOnly(Exception):
@@ -320,13 +332,11 @@ class _SQLite(_Backend):
     def begin(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
 
-    def is_integrity_error(self, e: BaseException) -> bool:
-        return isinstance(e, sqlite3.IntegrityError)
-
 
 class _Postgres(_Backend):
     name = "postgresql"
     placeholder = "%s"
+    length = "octet_length"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -398,11 +408,6 @@ class _Postgres(_Backend):
 
     def begin(self, conn: Any) -> None:
         conn.execute("BEGIN")
-
-    def is_integrity_error(self, e: BaseException) -> bool:
-        import psycopg
-
-        return isinstance(e, psycopg.IntegrityError)
 
 
 def _backend_for(url: str) -> _Backend:
@@ -896,6 +901,7 @@ class Archive:
         time_range: tuple[float, float] | None = None,
         since_seq: int | None = None,
         limit: int | None = None,
+        max_bytes: int | None = None,
     ) -> defer.Deferred:
         """
         Archived messages matching I{any} of the given selectors (they are
@@ -903,6 +909,8 @@ class Archive:
         Ranges are inclusive; C{since_seq} selects seq_ids greater than it.
         No selector at all selects everything.
 
+        @param max_bytes: if the bodies would add up to more, fail with
+            L{ResultTooLarge} without loading them (sizes are checked first).
         @return: Deferred firing with a list of L{Row}.
         """
         b = self._backend
@@ -933,17 +941,30 @@ class Archive:
         if since_seq is not None:
             clauses.append("seq_id > ?")
             params.append(int(since_seq))
-        sql = f"SELECT {_COLUMNS} FROM fedmsg_archive"
+        where = ""
         if clauses:
-            sql += " WHERE " + " OR ".join(f"({c})" for c in clauses)
-        sql += " ORDER BY seq_id"
+            where = " WHERE " + " OR ".join(f"({c})" for c in clauses)
+        where += " ORDER BY seq_id"
         if limit is not None:
-            sql += " LIMIT ?"
+            where += " LIMIT ?"
             params.append(int(limit))
-        return self._on_reader(self._select, b.sql(sql), params)
+        return self._on_reader(self._select, where, params, max_bytes)
 
-    def _select(self, sql: str, params: list[Any]) -> list[Row]:
-        rows = self._reader().execute(sql, params).fetchall()
+    def _select(self, where: str, params: list[Any], max_bytes: int | None) -> list[Row]:
+        b = self._backend
+        conn = self._reader()
+        if max_bytes is not None:
+            sizes = conn.execute(
+                b.sql(f"SELECT seq_id, {b.length}(body) FROM fedmsg_archive{where}"), params
+            ).fetchall()
+            total = sum(n for _, n in sizes)
+            if total > max_bytes:
+                raise ResultTooLarge(total, max_bytes)
+            if not sizes:
+                return []
+            clause, params = b.in_clause("seq_id", [seq for seq, _ in sizes])
+            where = f" WHERE {clause} ORDER BY seq_id"
+        rows = conn.execute(b.sql(f"SELECT {_COLUMNS} FROM fedmsg_archive{where}"), params).fetchall()
         return [
             Row(
                 seq_id=r[0],

@@ -15,7 +15,7 @@ from twisted.trial import unittest
 from fedmsg_twisted import encoding
 from fedmsg_twisted.config import from_dict
 from fedmsg_twisted.stats import Counters
-from fedmsg_twisted.store import Archive, ArchiveError, ArchiveService, Row, Stored, category_of
+from fedmsg_twisted.store import Archive, ArchiveError, ArchiveService, ResultTooLarge, Row, Stored, category_of
 from tests import pgserver
 from tests.util import sleep
 
@@ -201,6 +201,12 @@ class _ArchiveTests:
             [1, 2, 5, 10],
         )
         self.assertEqual((yield seqs(since_seq=0, limit=3)), [1, 2, 3])
+        # max_bytes: sizes are checked before the bodies are loaded.
+        size = len(body(envs[0]))
+        self.assertEqual((yield seqs(seq_id_range=(1, 3), max_bytes=3 * size)), [1, 2, 3])
+        self.assertEqual((yield seqs(seq_ids=[], max_bytes=10)), [])
+        e = yield self.assertFailure(archive.get(seq_id_range=(1, 3), max_bytes=3 * size - 1), ResultTooLarge)
+        self.assertEqual((e.size, e.limit), (3 * size, 3 * size - 1))
 
     @defer.inlineCallbacks
     def test_retention_count(self):
