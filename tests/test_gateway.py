@@ -296,3 +296,29 @@ async def stop_cleanly(testcase, proc) -> None:
     testcase.assertIn("Server Shut Down.", "\n".join(proc.lines))
     text = "\n".join(proc.lines)
     testcase.assertNotIn("Traceback", text[text.index("Received SIGTERM"):] + proc.stderr.decode())
+
+
+class LogFormatTests(GatewayTestCase):
+    timeout = 60
+
+    async def test_twist_json_logs(self):
+        """
+        The documented way to get JSON logs: C{twist --log-format=json}.
+        """
+        hport = free_port()
+        argv = [
+            PYTHON, "-c", "from twisted.application.twist._twist import Twist; Twist.main()",
+            "--log-format=json", "fedmsg-gateway", "--bind", tcp(free_port()),
+            "--health-listen", f"tcp:{hport}:interface=127.0.0.1",
+        ]
+        proc = spawn(self, argv)
+        await wait_http(f"http://127.0.0.1:{hport}/live", 200, proc, "gateway live")
+        os.kill(proc.transport.pid, 15)
+        await proc.ended
+        # One event per line, each preceded by RS (\x1e, RFC 7464 JSON text sequences).
+        self.assertTrue(all(line.startswith("\x1e") for line in proc.lines if line.strip()))
+        events = [json.loads(line.lstrip("\x1e")) for line in proc.lines if line.strip()]
+        started = [e for e in events if e.get("log_namespace") == "fedmsg_twisted.gateway"]
+        self.assertEqual(len(started), 1)
+        self.assertEqual(started[0]["hwm"], 10000)
+        self.assertEqual(started[0]["log_level"]["name"], "info")
