@@ -812,6 +812,16 @@ class Network(service.MultiService):
             p.quit("shutting down")
         return super().stopService()
 
+    def ready(self) -> bool:
+        """
+        Registered and in every configured channel.
+        """
+        p = self.protocol
+        return p is not None and all(key in p.joined_channels for key in self.queues)
+
+    def queued(self) -> int:
+        return sum(len(q.lines) for q in self.queues.values())
+
     # -- accepting lines
     def wants(self, topic: str, envelope: Mapping[str, Any]) -> bool:
         """
@@ -986,12 +996,14 @@ class IRCBotService(service.MultiService):
         validator: Any = None,
         endpoints: Mapping[str, Any] | None = None,
         shortener: Callable[[str, str, float], defer.Deferred] | None = None,
+        subscriber_class: Any = None,
     ) -> None:
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor as _reactor
 
             reactor = _reactor
+        self.subscriber = None
         self.config = config
         self.reactor = reactor
         self.stats = Counters()
@@ -1026,9 +1038,9 @@ class IRCBotService(service.MultiService):
             self.networks.append(n)
         self._order: defer.Deferred = defer.succeed(None)
         if subscribe:
-            from fedmsg_twisted.subscriber import SubscriberService
-
-            self.subscriber = SubscriberService(config, self._received, reactor=reactor)
+            if subscriber_class is None:
+                from fedmsg_twisted.subscriber import SubscriberService as subscriber_class
+            self.subscriber = subscriber_class(config, self._received, reactor=reactor)
             self.subscriber.setServiceParent(self)
 
     def startService(self) -> None:
@@ -1094,3 +1106,48 @@ class IRCBotService(service.MultiService):
             ds.append(n.announce(envelope, text, raw))
         self.stats.incr("announced", "")
         return defer.gatherResults(ds, consumeErrors=True).addCallback(lambda _: None)
+
+
+class IRCBotHealth:
+    """
+    The bot as a L{fedmsg_twisted.health} component: ready when every
+    network is registered and in all its channels, and the subscriber (if
+    any) is ready.
+    """
+
+    def __init__(self, bot: IRCBotService, name: str = "ircbot", window: float = 0.0, reactor: Any = None) -> None:
+        from fedmsg_twisted.health import SubscriberHealth
+
+        self.bot = bot
+        self.name = name
+        self.counters = bot.stats
+        self._sub = SubscriberHealth(bot.subscriber, window=window, reactor=reactor) if bot.subscriber else None
+
+    def is_live(self) -> bool:
+        return bool(self.bot.running)
+
+    def is_ready(self) -> bool:
+        return (
+            self.is_live()
+            and all(n.ready() for n in self.bot.networks)
+            and (self._sub is None or self._sub.is_ready())
+        )
+
+    def gauges(self) -> dict[str, Any]:
+        g: dict[str, Any] = self._sub.gauges() if self._sub else {}
+        g["irc_registered"] = {n.settings.name: int(n.protocol is not None) for n in self.bot.networks}
+        g["irc_ready"] = {n.settings.name: int(n.ready()) for n in self.bot.networks}
+        g["irc_queued_lines"] = {n.settings.name: n.queued() for n in self.bot.networks}
+        return g
+
+    def details(self) -> dict[str, Any]:
+        d: dict[str, Any] = self._sub.details() if self._sub else {}
+        d["networks"] = {
+            n.settings.name: {
+                "nick": n.protocol.nickname if n.protocol else None,
+                "channels": sorted(n.protocol.joined_channels) if n.protocol else [],
+                "last_failure": n.last_failure.getErrorMessage() if n.last_failure else None,
+            }
+            for n in self.bot.networks
+        }
+        return d

@@ -207,16 +207,22 @@ class ResilienceTests(ServerTestsMixin, unittest.TestCase):
         watcher = await raw_client(self, self.server.port, "watcher")
         await watcher.join(CHANNEL)
         self.start_bot()
+        health = irc.IRCBotHealth(self.bot)
         await self.bot_in_channel(watcher)
+        self.assertTrue(health.is_ready())
         net = self.bot.networks[0]
         await self.server.stop()
         await wait_for(lambda: net.protocol is None, what="bot noticed")
+        self.assertFalse(health.is_ready())
+        self.assertTrue(health.is_live())
         await self.bot.announce(envelope("org.fedoraproject.dev.logger.log", {"log": "while away"}))
+        self.assertEqual(health.gauges()["irc_queued_lines"], {net.settings.name: 1})
         await self.server.start()
         watcher2 = await raw_client(self, self.server.port, "watcher2")
         await watcher2.join(CHANNEL)
         await wait_for(lambda: watcher2.said(CHANNEL), what="the held line", timeout=20)
         self.assertEqual(watcher2.said(CHANNEL), [("fedbot", "NOTICE", "logger.log -- while away (ralph)")])
+        self.assertTrue(health.is_ready())
 
     async def test_nick_collision_and_regain(self):
         """
