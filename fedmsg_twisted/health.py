@@ -71,8 +71,17 @@ LABEL_NAMES = {
     "consumer_dropped": "consumer",
     "queue_depth": "consumer",
     "in_flight": "consumer",
-    "replay_requests": "peer",
     "endpoint_connected": "endpoint",
+    # Other modules' counters (replay and archive mirror theirs as one family).
+    "replay": "event",
+    "archive": "event",
+    "sent": "network",
+    "filtered": "network",
+    "invalid": "reason",
+    "refused": "status",
+    "bad-request": "param",
+    "events-opened": "how",
+    "events-refused": "reason",
 }
 
 

@@ -154,6 +154,17 @@ class HealthHTTPTests(HTTPTestCase):
         # One TYPE line per family.
         self.assertEqual(text.count("# TYPE fedmsg_dropped_total"), 1)
 
+    def test_replay_and_archive_counters(self):
+        from fedmsg_twisted.store import MirroredCounter
+
+        s = Static("relay")
+        replay = MirroredCounter("replay", s.counters)
+        replay["requests"] += 3
+        replay["no_match"] += 1
+        text = render_metrics([s])
+        self.assertIn('fedmsg_replay_total{component="relay",event="requests"} 3\n', text)
+        self.assertIn('fedmsg_replay_total{component="relay",event="no_match"} 1\n', text)
+
     def test_port_taken_is_a_clear_error(self):
         health = self.serve([Static("relay")])
         port = health.port.getHost().port
