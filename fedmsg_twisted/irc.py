@@ -603,7 +603,7 @@ class BotProtocol(irc.IRCClient):
     def kickedFrom(self, channel: str, kicker: str, message: str) -> None:
         c = self._ours(channel)
         self.joined_channels.discard(channel.lower())
-        log.warn("{net}: kicked from {channel} by {kicker}: {message}", net=self.settings.name, channel=channel, kicker=kicker, message=message)
+        log.warn("{net}: kicked from {channel} by {kicker}: {reason}", net=self.settings.name, channel=channel, kicker=kicker, reason=message)
         if c is not None:
             self._rejoin_later(c)
 

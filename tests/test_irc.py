@@ -198,7 +198,11 @@ class RobustnessTests(unittest.TestCase):
         h.welcome()
         h.join()
         h.sent()
-        h.server(":op!u@h KICK #chan fedbot :spam")
+        from twisted.logger import capturedLogs, formatEvent
+
+        with capturedLogs() as events:
+            h.server(":op!u@h KICK #chan fedbot :spam")
+        self.assertIn("kicked from #chan by op: spam", [formatEvent(e).split(": ", 1)[1] for e in events])
         self.assertEqual(h.proto.joined_channels, set())
         h.clock.advance(9)
         self.assertEqual(h.sent(), [])
@@ -340,6 +344,23 @@ class QueueTests(unittest.TestCase):
             [l.plain for l in net.queues["#chan"].lines],
             ["announce.a -- one https://s/1", "announce.a -- two https://long/2"],
         )
+
+
+class MalformedTests(unittest.TestCase):
+    def test_malformed_skipped_with_a_log_line(self):
+        from twisted.logger import capturedLogs, formatEvent
+
+        cfg = from_dict({"irc": [{"network": "127.0.0.1", "channel": "#a"}]})
+        bot = irc.IRCBotService(cfg, subscribe=False, reactor=MemoryReactorClock())
+        with capturedLogs() as events:
+            d1 = bot.announce(b"\xff not json")
+            d2 = bot.announce({"topic": 42})
+        self.assertTrue(d1.called and d2.called)
+        lines = [formatEvent(e) for e in events]
+        self.assertEqual(len(lines), 2)
+        self.assertTrue(all(l.startswith("skipping a malformed message") for l in lines), lines)
+        self.assertEqual(bot.stats.get("dropped", "malformed"), 2)
+        self.assertEqual(bot.networks[0].queued(), 0)
 
 
 class SplitTests(unittest.TestCase):
