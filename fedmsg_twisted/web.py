@@ -397,7 +397,8 @@ class EventsResource(_GetOnly):
         _security_headers(request)
         client = _Client(request, since if since is not None else 0, topics, categories)
         web.clients.add(client)
-        web.counters.incr("events-opened")
+        how = "backlog" if since is None else ("last-event-id" if request.getHeader(b"last-event-id") else "since")
+        web.counters.incr("events-opened", how)
         request.registerProducer(client, True)
         request.notifyFinish().addBoth(lambda _: web.forget(client))
         # Tell the browser how long to wait before reconnecting, and open the stream.
@@ -520,7 +521,8 @@ class DashboardService(Service):
     @param text: a L{fedmsg_twisted.text.TextLayer} (default: one from C{config}).
     @param clock: what "now" is for time windows (default: the reactor).
     @ivar port: the listening port once started.
-    @ivar counters: C{events-opened}, C{events-closed}, C{events-sent},
+    @ivar counters: C{events-opened} (by how it started: backlog, since,
+        last-event-id), C{events-closed}, C{events-broadcast}, C{events-replayed},
         C{slow-clients}, C{bad-request} by parameter, C{timeouts}, C{errors}.
     """
 
