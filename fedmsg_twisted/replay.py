@@ -366,7 +366,11 @@ class ReplayService(service.Service):
 
         factory = self._factory or zmq_reqrep.default_factory()
         self._conn = zmq_reqrep.bind_rep(
-            factory, self.bind_address, self.server.handle, self.server.counters
+            factory,
+            self.bind_address,
+            self.server.handle,
+            self.server.counters,
+            error_reply=[error_frame("Internal error in the replay server")],
         )
         super().startService()
         log.info("Replay endpoint listening on {address}", address=self.bind_address)

@@ -76,9 +76,11 @@ class RepConnection(ZmqREPConnection):
         factory: ZmqFactory,
         handler: Callable[[list[bytes]], Any],
         counters: Counter[str] | None = None,
+        error_reply: list[bytes] | None = None,
     ) -> None:
         self.handler = handler
         self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.error_reply = error_reply
         super().__init__(factory)
 
     def messageReceived(self, message: list[bytes]) -> None:
@@ -100,9 +102,13 @@ class RepConnection(ZmqREPConnection):
         d.addErrback(self._failed, messageId)
 
     def _failed(self, f: Any, messageId: bytes) -> None:
+        # A REQ peer waits for a reply forever: send error_reply if we have one.
         self.counters["handler_failed"] += 1
-        log.failure("Request handler failed; no reply sent", f)
-        self._routingInfo.pop(messageId, None)
+        log.failure("Request handler failed", f)
+        if self.error_reply is not None:
+            self._reply(messageId, self.error_reply)
+        else:
+            self._routingInfo.pop(messageId, None)
 
     def _reply(self, messageId: bytes, frames: list[bytes]) -> None:
         if self.socket is None:  # shut down while the handler ran
@@ -122,13 +128,15 @@ def bind_rep(
     address: str,
     handler: Callable[[list[bytes]], Any],
     counters: Counter[str] | None = None,
+    error_reply: list[bytes] | None = None,
 ) -> RepConnection:
     """
-    A L{RepConnection} bound to C{address}.
+    A L{RepConnection} bound to C{address}.  C{error_reply} is sent when the
+    handler fails.
 
     @raise OSError: naming the address when it cannot be bound.
     """
-    conn = RepConnection(factory, handler, counters)
+    conn = RepConnection(factory, handler, counters, error_reply)
     try:
         conn.addEndpoints([ZmqEndpoint(ZmqEndpointType.bind, address)])
     except zmq.ZMQError as e:

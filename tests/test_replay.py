@@ -284,6 +284,32 @@ class ReplayServiceTests(_Endpoint, unittest.TestCase):
         self.assertEqual(svc.counters["archive_failed"], 1)
 
     @defer.inlineCallbacks
+    def test_internal_error_still_replies(self):
+        """
+        Even a bug in the handler gets the client an error reply (fedmsg's
+        client would otherwise wait forever), and the endpoint goes on.
+        """
+        _, svc = yield defer.Deferred.fromCoroutine(self.endpoint())
+        real = svc.server.handle
+        svc._conn.handler = lambda frames: 1 / 0
+        reply = yield self.raw(b'{"seq_id":1}')
+        self.assertEqual(reply, [b"error: 'Internal error in the replay server'"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        svc._conn.handler = real
+        self.assertEqual((yield self.raw(b'{"seq_id":1}')), [self.bodies[1]])
+
+    @defer.inlineCallbacks
+    def test_busy(self):
+        """
+        Beyond max_concurrent queries in progress, new ones are answered "busy".
+        """
+        archive, svc = yield defer.Deferred.fromCoroutine(self.endpoint())
+        svc.server.max_concurrent = 0
+        reply = yield self.raw(b'{"seq_id":1}')
+        self.assertEqual(reply, [b"error: 'Replay server is busy, try again later'"])
+        self.assertEqual(svc.counters["busy"], 1)
+
+    @defer.inlineCallbacks
     def test_timeout(self):
         """
         Nobody listening: the client fails with ReplayTimeout.
