@@ -49,6 +49,9 @@ log = Logger(namespace="fedmsg_twisted.irc")
 #: IRC's limit on one line, CR LF included (RFC 1459 2.3).
 MAX_LINE = 512
 
+#: Seconds a signature check may take before the message is dropped.
+VALIDATION_TIMEOUT = 30.0
+
 # --- configuration ------------------------------------------------------------
 
 
@@ -1073,6 +1076,8 @@ class IRCBotService(service.MultiService):
             verdict_d = defer.succeed(None)
         else:
             verdict_d = defer.maybeDeferred(self.validator.validate_async, envelope)
+            # A stuck validation (a hung gpg) must not hold every later line.
+            verdict_d.addTimeout(VALIDATION_TIMEOUT, self.reactor)
         # Validation runs concurrently; lines still leave in bus order.
         self._order = (
             self._order.addCallback(lambda _: verdict_d)

@@ -518,3 +518,35 @@ class ShortenerTests(unittest.TestCase):
         self.assertIsNone(await self.shorten("https://e/x", self.base + "/slow?u={url}", 0.3))
         self.assertEqual(len(self.stalled), 1)
         self.flushLoggedErrors()
+
+
+class ValidationHookTests(unittest.TestCase):
+    """
+    The validator hook with a stand-in validator: the real one needs
+    certificates and is exercised in tests/test_irc_bus.py; here we need one
+    that never answers, which no real validator does on purpose.
+    """
+
+    def test_stuck_validation_times_out_and_order_is_kept(self):
+        from fedmsg_twisted.crypto.verdict import Verdict
+
+        answers = []
+
+        class Validator:
+            def validate_async(self, envelope):
+                d = defer.Deferred()
+                answers.append(d)
+                return d
+
+        reactor = MemoryReactorClock()
+        cfg = from_dict({"irc": [{"network": "127.0.0.1", "channel": "#a", "make_terse": True}]})
+        bot = irc.IRCBotService(cfg, subscribe=False, reactor=reactor, validator=Validator())
+        d1 = bot.announce(env(log="one"))
+        d2 = bot.announce(env(log="two"))
+        answers[1].callback(Verdict(True))
+        self.assertFalse(d2.called)  # waits for the first
+        reactor.advance(irc.VALIDATION_TIMEOUT)
+        self.assertTrue(d1.called and d2.called)
+        self.assertEqual([l.plain for l in bot.networks[0].queues["#a"].lines], ["logger.log -- two (u)"])
+        self.assertEqual(bot.stats.get("dropped", "error"), 1)
+        self.flushLoggedErrors()
