@@ -232,6 +232,10 @@ class TrackedSubscriberService(SubscriberService):
             mon = fzmq._Socket(factory, _zmq.PAIR, on_event, [(_zmq.LINGER, 0)])
             fzmq.connect(mon, inproc)
         except Exception as e:
+            try:
+                sock.socket.disable_monitor()
+            except Exception:
+                pass
             sock.close()
             self.counters.incr("connect-errors")
             log.error("Cannot monitor {name} at {address}: {error}", name=name, address=address, error=e)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 from twisted.internet import defer, reactor, task
 from twisted.logger import Logger
