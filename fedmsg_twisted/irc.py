@@ -49,6 +49,9 @@ log = Logger(namespace="fedmsg_twisted.irc")
 #: IRC's limit on one line, CR LF included (RFC 1459 2.3).
 MAX_LINE = 512
 
+#: Link shortener requests in flight per network; more messages keep long links.
+MAX_SHORTENING = 4
+
 #: Seconds a signature check may take before the message is dropped.
 VALIDATION_TIMEOUT = 30.0
 
@@ -744,6 +747,7 @@ class Network(service.MultiService):
         self._drain_call = None
         self._pending: defer.Deferred = defer.succeed(None)
         self._shortener = shortener
+        self._shortening = 0
         self._waiters: list[defer.Deferred] = []
         self._bad_sessions = 0
         self._since = 0.0
@@ -864,11 +868,21 @@ class Network(service.MultiService):
         if not channels:
             self.stats.incr("filtered", self.settings.name)
             return defer.succeed(None)
-        link_d: defer.Deferred
+        link_d: defer.Deferred = defer.succeed(None)
         if self.settings.make_terse and text is not None and text.link and self.settings.make_short and self._shortener:
-            link_d = self._shortener(text.link, self.settings.make_short, self.settings.short_timeout)
-        else:
-            link_d = defer.succeed(None)
+            if self._shortening < MAX_SHORTENING:
+                # Bounded: a burst must not become a burst of HTTP requests
+                # to someone else's shortener; beyond it, long links.
+                self._shortening += 1
+                link_d = self._shortener(text.link, self.settings.make_short, self.settings.short_timeout)
+
+                def done(result: Any) -> Any:
+                    self._shortening -= 1
+                    return result
+
+                link_d.addBoth(done)
+            else:
+                self.stats.incr("shortener_skipped", self.settings.name)
 
         def queue(short: str | None) -> None:
             t = text.with_link(short) if (text is not None and short) else text
@@ -1097,6 +1111,10 @@ class IRCBotService(service.MultiService):
             self.stats.incr("invalid", str(getattr(verdict, "reason", "")))
             log.warn("invalid signature on {topic}: {reason}", topic=envelope.get("topic"), reason=getattr(verdict, "reason", ""))
             marked = "(unsigned)" if "signature" not in envelope else "(invalid signature!)"
+        topic = envelope["topic"]
+        if not any(n.wants(topic, envelope) and n.channels_for(topic) for n in self.networks):
+            self.stats.incr("filtered", "")
+            return defer.succeed(None)
         try:
             text = self.text.text(envelope) if marked is None else self.text.marked(envelope, marked)
             raw = _text.raw_line(envelope) if marked is None else f"{envelope['topic']:<30} {marked}"

@@ -344,6 +344,17 @@ class QueueTests(unittest.TestCase):
             [l.plain for l in net.queues["#chan"].lines],
             ["announce.a -- one https://s/1", "announce.a -- two https://long/2"],
         )
+        # A burst: at most MAX_SHORTENING requests in flight, the rest keep
+        # their long links (and still wait for their turn).
+        pending.clear()
+        for n in range(10):
+            e = {"topic": "x.y.z.announce.a", "msg": {"message": f"b{n}", "link": f"https://long/b{n}"}}
+            net.announce(e, layer.text(e), "")
+        self.assertEqual(len(pending), irc.MAX_SHORTENING)
+        for d in pending.values():
+            d.callback(None)
+        self.assertEqual(len(net.queues["#chan"].lines), 12)
+        self.assertEqual(net.stats.get("shortener_skipped"), 10 - irc.MAX_SHORTENING)
 
 
 class MalformedTests(unittest.TestCase):
