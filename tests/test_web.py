@@ -88,7 +88,7 @@ class WebTestCase(unittest.TestCase):
 
     async def bus(self, **extra) -> None:
         self.cfg = web_config(**extra)
-        self.archive = Archive(state_directory=self.mktemp(), batch_interval=0.01)
+        self.archive = await self.make_archive(batch_interval=0.01)
         await self.archive.start()
         self.addCleanup(self.archive.stop)
         self.relay = RelayService(self.cfg)
@@ -104,6 +104,12 @@ class WebTestCase(unittest.TestCase):
         self.addCleanup(self.pub.stopService)
         self.agent = Agent(reactor)
         self.published: list[dict] = []
+
+    async def make_archive(self, **kw) -> Archive:
+        """
+        A SQLite archive (tests.test_web_pg runs the same tests on PostgreSQL).
+        """
+        return Archive(state_directory=self.mktemp(), **kw)
 
     async def publish(self, topic: str, msg, modname: str = "logger") -> dict:
         env = await self.pub.publish(topic=topic, modname=modname, msg=msg)
@@ -270,6 +276,12 @@ class RawTests(WebTestCase):
                 self.assertEqual(headers.getRawHeaders(b"allow"), [b"GET, HEAD"])
                 self.assertEqual(json.loads(body)["reason"], "method")
 
+    async def test_head(self):
+        await self.bus()
+        code, headers, body = await self.get("/raw", method=b"HEAD")
+        self.assertEqual((code, body), (200, b""))
+        self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
+
     async def test_id(self):
         await self.bus()
         await self.fill()
@@ -325,6 +337,24 @@ class RawTests(WebTestCase):
         self.web.query_timeout = 30.0
         self.assertEqual((await self.get_json("/raw?contains=%224999%22"))["total"], 1)
 
+    async def test_statement_timeout(self):
+        # The bound itself, on a statement that would run for a long time.
+        await self.bus()
+
+        def work(execute):
+            return execute(self.endless_sql, []).fetchone()
+
+        with self.assertRaises(query.QueryTimeout) as cm:
+            await self.archive._on_reader(query._bounded, self.archive, 0.05, work)
+        self.assertIn("0.05 seconds", str(cm.exception))
+        # The thread's connection still works, without the bound.
+        self.assertEqual(await self.archive.count(), 0)
+
+    endless_sql = (
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000000)"
+        " SELECT count(*) FROM n"
+    )
+
     async def test_archive_stopped(self):
         await self.bus()
         await self.archive.stop()
@@ -352,7 +382,7 @@ class StatsTests(WebTestCase):
         # An archive on a clock we move: messages received at known times.
         now = 1_000_000.0
         clock = task.Clock()
-        archive = Archive(state_directory=self.mktemp(), clock=clock)
+        archive = await self.make_archive(clock=clock)
         await archive.start()
         self.addCleanup(archive.stop)
         for age, cat in ((7000, "old"), (3000, "a"), (1000, "a"), (10, "b")):
@@ -439,6 +469,25 @@ class EventTests(WebTestCase):
         for i, r in enumerate(readers):
             await wait_for(lambda r=r: r.messages() and r.messages()[-1]["seq_id"] == 10, what="all live")
             self.assertEqual([m["seq_id"] for m in r.messages()], list(range(i + 1, 11)))
+
+    async def test_slow_client_is_cut_off_and_catches_up(self):
+        await self.bus(web_client_buffer=3)
+        reader = await self.stream("/events")
+        await wait_for(lambda: any(c.live for c in self.web.clients), what="stream live")
+        (client,) = self.web.clients
+        # What the transport does when its buffer is full and the peer does not read.
+        client.pauseProducing()
+        for n in range(5):
+            await self.publish("log", {"log": f"unread {n}"})
+        await reader.done
+        self.assertEqual(self.web.counters.get("slow-clients"), 1)
+        self.assertEqual(self.web.clients, set())
+        got = [m["seq_id"] for m in reader.messages()]
+        self.assertTrue(got and got == list(range(1, len(got) + 1)), got)
+        # Reconnecting where it stopped, it gets the rest from the archive.
+        again = await self.stream("/events", headers={b"Last-Event-ID": str(got[-1]).encode()})
+        await wait_for(lambda: again.messages() and again.messages()[-1]["seq_id"] == 5, what="the rest")
+        self.assertEqual(got + [m["seq_id"] for m in again.messages()], [1, 2, 3, 4, 5])
 
     async def test_too_many_clients(self):
         await self.bus(web_max_clients=1)
