@@ -11,8 +11,9 @@ never reach an internal service.
 Unlike fedmsg's gateway it checks each message before passing it on
 (frames, size, JSON envelope: garbage from a broken internal publisher is
 dropped and counted, not exported), has its own high-water mark
-(C{gateway_high_water_mark}: a slow outside subscriber costs bounded memory
-and drops are counted), and can export only some topics
+(C{gateway_high_water_mark}: a slow outside subscriber costs bounded memory;
+past the mark zmq drops messages for that subscriber alone, silently: zmq
+does not report them, so they cannot be counted), and can export only some topics
 (C{gateway_topics}: an allow-list of prefixes, enforced both as the zmq
 subscription and again on each message).
 """

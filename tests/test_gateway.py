@@ -123,6 +123,41 @@ class GatewayTests(GatewayTestCase):
         self.assertEqual(gw._pub.socket.getsockopt(fzmq._zmq.SNDHWM), 7)
         self.assertEqual(gw.subscriber._sockets[("relay_outbound", cfg["endpoints"]["relay_outbound"][0])].socket.getsockopt(fzmq._zmq.SNDHWM), 0)
 
+    async def test_slow_outsider_does_not_hold_up_others(self):
+        """
+        An outsider that never reads fills only its own queue (bounded by
+        the gateway's high-water mark, where zmq drops for it alone); the
+        gateway and the other outsiders go on.
+        """
+        import zmq
+
+        cfg = config.from_dict(site_values())
+        gw = self.start(GatewayService(cfg, bind=tcp(free_port()), high_water_mark=10))
+        ctx = zmq.Context()
+        self.addCleanup(ctx.term)
+        lazy = ctx.socket(zmq.SUB)  # never read: not even attached to the reactor
+        self.addCleanup(lazy.close, 0)
+        lazy.setsockopt(zmq.RCVHWM, 1)
+        lazy.setsockopt(zmq.RCVBUF, 4096)
+        lazy.setsockopt(zmq.SUBSCRIBE, b"")
+        lazy.connect(gw.address)
+        _, got = self.raw_sub(gw.address)
+        await wait_for(lambda: len(gw._pub.subscriptions) > 0, what="outsiders subscribed")
+        await sleep(0.1)  # both subscriptions are the same prefix: give the second time to land
+        big = frames_for("org.fedoraproject.dev.svc.big", {"pad": "x" * 200_000})
+        for batch in range(20):
+            for _ in range(5):
+                gw.frames_received("svc", "test", big)
+            await wait_for(lambda: len(got) == 5 * (batch + 1), what=f"batch {batch} at the fast outsider")
+        self.assertEqual(gw.counters.get("forwarded"), 100)
+        self.assertEqual(gw.counters.get("dropped"), 0)
+        # The lazy one holds at most what the mark and the kernel buffers allow.
+        lazy_got = 0
+        while lazy.poll(0):
+            lazy.recv_multipart()
+            lazy_got += 1
+        self.assertLess(lazy_got, 100)
+
     async def test_readiness_follows_site(self):
         cfg = config.from_dict(site_values())
         gw = self.start(GatewayService(cfg, bind=tcp(free_port())))
