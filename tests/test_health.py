@@ -123,6 +123,8 @@ class HealthHTTPTests(HTTPTestCase):
             self.assertEqual(headers.getRawHeaders(b"allow"), [b"GET, HEAD"])
         code, _, _ = await self.get("/metrics", b"POST")
         self.assertEqual(code, 405)
+        code, _, body = await self.get("/ready", b"HEAD")
+        self.assertEqual((code, body), (200, b""))
 
     async def test_broken_component_reported_not_ready(self):
         self.serve([Broken("bot"), Static("relay")])
