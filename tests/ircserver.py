@@ -213,7 +213,8 @@ def have_services() -> bool:
 class ServicesServer:
     """
     InspIRCd 3 with Atheme services linked to it: SASL PLAIN, NickServ
-    IDENTIFY and REGAIN, as on Libera or OFTC.  Both run in the foreground
+    IDENTIFY and REGAIN, as on Libera or OFTC; and channel mode +c (no
+    colours), which ngircd lacks.  Both run in the foreground
     as children of the test, on free loopback ports.
     """
 
@@ -240,6 +241,7 @@ class ServicesServer:
 <module name="services_account">
 <module name="svshold">
 <module name="sasl">
+<module name="blockcolor">
 <link name="services.test.local" ipaddr="127.0.0.1" port="{self.link_port}" allowmask="127.0.0.0/8"
  sendpass="linkpw" recvpass="linkpw">
 <uline server="services.test.local" silent="yes">

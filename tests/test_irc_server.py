@@ -363,3 +363,32 @@ class ServicesTests(ServerTestsMixin, unittest.TestCase):
         await wait_for(lambda: p.nickname == "fedbot", what="nick regained")
         self.assertEqual(p.account, "fedbot")
         await wait_for(lambda: any("has regained your nickname" in l for l in squatter.lines), what="squatter told")
+
+    async def test_no_colours_in_plus_c_channel(self):
+        """
+        In a +c channel the server refuses coloured lines; the bot learns
+        the mode after joining and sends plain text, and colours again
+        once -c is set.
+        """
+        await self.start_services()
+        watcher = await raw_client(self, self.server.port, "watcher")
+        await watcher.join(CHANNEL)
+        watcher.send(f"MODE {CHANNEL} +c")
+        await wait_for(lambda: any(f" MODE {CHANNEL} " in l and l.endswith("+c") for l in watcher.lines), what="+c set")
+        self.start_bot(make_pretty=True)
+        await self.bot_in_channel(watcher)
+        net = self.bot.networks[0]
+        await wait_for(lambda: CHANNEL in net.protocol.no_colour, what="+c learnt")
+        await self.bot.announce(envelope("org.fedoraproject.dev.logger.log", {"log": "plain"}))
+        await wait_for(lambda: watcher.said(CHANNEL), what="a line")
+        watcher.send(f"MODE {CHANNEL} -c")
+        await wait_for(lambda: CHANNEL not in net.protocol.no_colour, what="-c learnt")
+        await self.bot.announce(envelope("org.fedoraproject.dev.logger.log", {"log": "colour"}))
+        await wait_for(lambda: len(watcher.said(CHANNEL)) == 2, what="two lines")
+        self.assertEqual(
+            watcher.said(CHANNEL),
+            [
+                ("fedbot", "NOTICE", "logger.log -- plain (ralph)"),
+                ("fedbot", "NOTICE", "\x0307logger.log\x03 -- colour (ralph)"),
+            ],
+        )
