@@ -81,6 +81,13 @@ class BusToIRCTests(unittest.TestCase):
             self.watcher.said(CHANNEL), [("twistdbot", "NOTICE", "announce.announcement -- GOLD https://l/x")]
         )
         self.assertIsNone(proc.exit_code, proc.stderr)
+        # A clean stop says goodbye on IRC.
+        proc.transport.signalProcess("TERM")
+        await proc.ended  # twistd re-raises SIGTERM after a clean stop
+        self.assertIn("Server Shut Down.", proc.lines[-1])
+        await wait_for(lambda: any(l.startswith(":twistdbot!") and " QUIT " in l for l in self.watcher.lines),
+                       what="QUIT seen")
+        self.assertIn("shutting down", [l for l in self.watcher.lines if " QUIT " in l][0])
 
     async def test_twistd_ircbot_bad_config(self):
         path = os.path.abspath(self.mktemp() + ".toml")
