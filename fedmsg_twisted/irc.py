@@ -136,10 +136,6 @@ def _t_choice(*choices: str) -> Callable[[Any], str]:
     return check
 
 
-def _t_opt(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    return lambda v: None if v is None else check(v)
-
-
 def _channel_name(name: str) -> str:
     name = name.strip()
     if not name:
@@ -327,10 +323,6 @@ def split_utf8(line: str, limit: int) -> list[str]:
     if line or not out:
         out.append(line)
     return out
-
-
-def strip_formatting(line: str) -> str:
-    return irc.stripFormatting(line)
 
 
 @dataclass(frozen=True)

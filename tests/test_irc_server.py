@@ -7,7 +7,6 @@ bot connects; the tests assert on the exact lines the raw client receives.
 
 from __future__ import annotations
 
-from twisted.internet import defer
 from twisted.trial import unittest
 
 from fedmsg_twisted import irc
