@@ -67,7 +67,7 @@
       var parts = t.split(".");
       var short = parts.length > 3 ? parts.slice(3).join(".") : t;
       var p = prefix.replace(/\.$/, "");
-      if (!(t === p || t.indexOf(p + ".") === 0 || short === p || short.indexOf(p + ".") === 0 || (prefix.slice(-1) !== "." && t.indexOf(prefix) === 0))) return false;
+      if (!(t === p || t.indexOf(p + ".") === 0 || short === p || short.indexOf(p + ".") === 0)) return false;
     }
     var words = textInput.value.trim().toLowerCase();
     if (words) {
