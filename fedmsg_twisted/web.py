@@ -395,6 +395,8 @@ class EventsResource(_GetOnly):
         request.setHeader(b"Cache-Control", b"no-store")
         request.setHeader(b"X-Accel-Buffering", b"no")
         _security_headers(request)
+        if request.method == b"HEAD":
+            return b""
         client = _Client(request, since if since is not None else 0, topics, categories)
         web.clients.add(client)
         how = "backlog" if since is None else ("last-event-id" if request.getHeader(b"last-event-id") else "since")
@@ -408,7 +410,7 @@ class EventsResource(_GetOnly):
 
     def _since(self, request: Any) -> int | None:
         header = request.getHeader(b"last-event-id")
-        name, value = "Last-Event-ID", header
+        name, value = "Last-Event-ID", header.decode("latin-1") if header else None
         if not header:
             name, value = "since", query._one(request.args, "since")
         if not value:
@@ -554,7 +556,9 @@ class DashboardService(Service):
         self.max_replay = int(config.get("web_max_replay", DEFAULT_REPLAY))
         self.client_buffer = int(config.get("web_client_buffer", DEFAULT_CLIENT_BUFFER))
         allowed = config.get("web_allowed_hosts")
-        self.allowed_hosts: set[str] | None = {h.lower() for h in allowed} if allowed else None
+        if isinstance(allowed, str):
+            allowed = allowed.replace(",", " ").split()
+        self.allowed_hosts: set[str] | None = {h.strip().lower() for h in allowed} if allowed else None
         if self.max_rows < 1:
             raise ConfigError("web: web_max_rows_per_page must be at least 1")
         self._text = text
@@ -784,7 +788,9 @@ class DashboardService(Service):
                 client.cursor = latest
             if rows:
                 client.cursor = rows[0].seq_id - 1
-                if since is not None and since < client.cursor:
+                # seq_ids may skip numbers (pruning, PostgreSQL identities):
+                # only a full replay can have left messages out.
+                if since is not None and len(rows) >= count and since < client.cursor:
                     client.write(
                         sse_event(
                             since,

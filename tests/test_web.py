@@ -321,7 +321,8 @@ class RawTests(WebTestCase):
         await self.get_json("/raw", headers={b"Host": b"[::1]:8080"})
 
     async def test_allowed_hosts(self):
-        await self.bus(web_allowed_hosts=["bus.example.org"])
+        await self.bus(web_allowed_hosts="bus.example.org, other.example.org")
+        await self.get_json("/raw", headers={b"Host": b"other.example.org:8080"})
         await self.get_json("/raw", headers={b"Host": b"bus.example.org"})
         await self.get_json("/raw", headers={b"Host": b"localhost"}, expect=421)
 
@@ -488,6 +489,25 @@ class EventTests(WebTestCase):
         again = await self.stream("/events", headers={b"Last-Event-ID": str(got[-1]).encode()})
         await wait_for(lambda: again.messages() and again.messages()[-1]["seq_id"] == 5, what="the rest")
         self.assertEqual(got + [m["seq_id"] for m in again.messages()], [1, 2, 3, 4, 5])
+
+    async def test_replay_over_missing_seq_ids_is_not_a_gap(self):
+        await self.bus()
+        await self.fill()
+        # Pruned or skipped seq_ids: fewer rows than the cap means nothing was left out.
+        await self.archive._on_writer(
+            lambda: self.archive._writer().execute("DELETE FROM fedmsg_archive WHERE seq_id IN (2, 3)")
+        )
+        reader = await self.stream("/events?since=1")
+        await wait_for(lambda: len(reader.messages()) == 3, what="replay")
+        self.assertEqual([ev for _, ev, _ in reader.events], ["message"] * 3)
+        self.assertEqual([m["seq_id"] for m in reader.messages()], [4, 5, 6])
+
+    async def test_head_opens_no_stream(self):
+        await self.bus()
+        code, headers, body = await self.get("/events", method=b"HEAD")
+        self.assertEqual((code, body), (200, b""))
+        self.assertEqual(self.web.clients, set())
+        self.assertEqual(self.web.counters.get("events-opened"), 0)
 
     async def test_too_many_clients(self):
         await self.bus(web_max_clients=1)
