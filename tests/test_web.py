@@ -524,6 +524,39 @@ class EventTests(WebTestCase):
         self.assertEqual(self.web.clients, set())
 
 
+class WiringTests(WebTestCase):
+    async def test_as_relay_tap_wires_it(self):
+        # What relay_tap does: archive, relay with the archive as a sink, then the dashboard.
+        from twisted.application.service import MultiService
+
+        from fedmsg_twisted.store import ArchiveService
+
+        cfg = web_config(state_directory=self.mktemp())
+        top = MultiService()
+        archive = Archive.from_config(cfg)
+        ArchiveService(archive).setServiceParent(top)
+        relay = RelayService(cfg)
+        relay.add_sink(archive.add)
+        relay.setServiceParent(top)
+        svc = web.add_dashboard(top, cfg, archive, relay)
+        self.assertIsInstance(svc, web.DashboardService)
+        top.startService()
+        self.addCleanup(top.stopService)
+        await top.getServiceNamed("archive").started
+        self.archive, self.web, self.port = archive, svc, svc.port.getHost().port
+        self.agent = Agent(reactor)
+        self.pub = PublisherService(cfg.replace(active=True))
+        self.pub.startService()
+        self.addCleanup(self.pub.stopService)
+        self.published = []
+        reader = await self.stream("/events")
+        await wait_for(lambda: any(c.live for c in svc.clients), what="stream live")
+        env = await self.publish("log", {"log": "wired"})
+        await wait_for(lambda: reader.messages(), what="live event")
+        self.assertEqual(reader.messages()[0]["msg_id"], env["msg_id"])
+        self.assertEqual((await self.get_json("/raw"))["raw_messages"], [env])
+
+
 class ListenTests(unittest.TestCase):
     def test_descriptions(self):
         d = web.listen_description
