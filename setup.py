@@ -29,6 +29,7 @@ setup(
         "service-identity>=24",
         "python-gnupg>=0.5",
         "dnspython>=2.4",
+        "python-debian>=0.1.49",
     ],
     extras_require={
         "test": [],

@@ -289,6 +289,14 @@ KEYS: dict[str, Key] = {
     "push_crl": Key(_opt_str, None, "CRL file or https URL for client certificates (uses crl_grace_period, crl_cache_expiry).", "push"),
     "push_max_body": Key(_pos_int, 262144, "Largest request body in bytes; larger gets 413.", "push"),
     "push_timeout": Key(_number, 30, "Idle timeout and deadline for a whole request, in seconds; 0 = off.", "push"),
+    # -- mail bridge ----------------------------------------------------------------
+    "mailbridge_maildir": Key(_opt_str, None, "Maildir whose new/ the mail bridge watches.", "mailbridge"),
+    "mailbridge_listen": Key(_opt_str, "tcp:8025:interface=127.0.0.1", "SMTP/LMTP server endpoint of the mail bridge; 'none' disables it.", "mailbridge"),
+    "mailbridge_state_dir": Key(_str, "/var/lib/fedmsg-twisted/mailbridge", "Where the record of published mail (dedup by Message-ID) is kept.", "mailbridge"),
+    "mailbridge_quarantine": Key(_opt_str, None, "Quarantine Maildir for bad mail (default: <state dir>/quarantine).", "mailbridge"),
+    "mailbridge_max_mail_size": Key(_pos_int, 10485760, "Largest mail in bytes; larger mail is quarantined.", "mailbridge"),
+    "mailbridge_max_body": Key(_pos_int, 4000, "Characters of body or Changes text kept in a message.", "mailbridge"),
+    "mailbridge_rescan_interval": Key(_number, 60, "Seconds between rescans of the Maildir's new/ (0 = never).", "mailbridge"),
     # -- later sections (archive, replay, push, irc, health) add keys below --
     "logging": Key(_any, None, "Accepted for fedmsg compatibility and ignored (we log with twisted.logger).", "compat"),
     "irc": Key(_table_list, (), "IRC bot connections, fedmsg's format (see the IRC page).", "irc"),
