@@ -87,7 +87,10 @@ class QueryTimeout(Exception):
 # -- parameters ------------------------------------------------------------------
 
 
-def _values(args: Mapping[bytes, Sequence[bytes]], name: str) -> list[str]:
+def param_values(args: Mapping[bytes, Sequence[bytes]], name: str) -> list[str]:
+    """
+    Every non-empty value of a repeatable parameter (C{request.args}).
+    """
     out = []
     for raw in args.get(name.encode("ascii"), ()):
         try:
@@ -104,7 +107,10 @@ def _values(args: Mapping[bytes, Sequence[bytes]], name: str) -> list[str]:
     return out
 
 
-def _one(args: Mapping[bytes, Sequence[bytes]], name: str) -> str | None:
+def param_one(args: Mapping[bytes, Sequence[bytes]], name: str) -> str | None:
+    """
+    A parameter given at most once, or L{None}.
+    """
     values = args.get(name.encode("ascii"), ())
     if not values:
         return None
@@ -117,8 +123,8 @@ def _one(args: Mapping[bytes, Sequence[bytes]], name: str) -> str | None:
     return v or None
 
 
-def _number(args: Mapping[bytes, Sequence[bytes]], name: str, *, minimum: float | None = None) -> float | None:
-    v = _one(args, name)
+def param_number(args: Mapping[bytes, Sequence[bytes]], name: str, *, minimum: float | None = None) -> float | None:
+    v = param_one(args, name)
     if v is None:
         return None
     try:
@@ -132,10 +138,10 @@ def _number(args: Mapping[bytes, Sequence[bytes]], name: str, *, minimum: float 
     return f
 
 
-def _integer(
+def param_int(
     args: Mapping[bytes, Sequence[bytes]], name: str, default: int, minimum: int, maximum: int
 ) -> int:
-    v = _one(args, name)
+    v = param_one(args, name)
     if v is None:
         return default
     try:
@@ -217,23 +223,23 @@ def parse_raw(
     @raise QueryError: naming the first bad parameter.
     """
     q = RawQuery(
-        topics=_values(args, "topic"),
-        categories=_values(args, "category"),
-        users=_values(args, "user"),
-        packages=_values(args, "package"),
-        contains=_values(args, "contains"),
-        not_topics=_values(args, "not_topic"),
-        not_categories=_values(args, "not_category"),
-        not_users=_values(args, "not_user"),
-        not_packages=_values(args, "not_package"),
-        meta=_values(args, "meta"),
+        topics=param_values(args, "topic"),
+        categories=param_values(args, "category"),
+        users=param_values(args, "user"),
+        packages=param_values(args, "package"),
+        contains=param_values(args, "contains"),
+        not_topics=param_values(args, "not_topic"),
+        not_categories=param_values(args, "not_category"),
+        not_users=param_values(args, "not_user"),
+        not_packages=param_values(args, "not_package"),
+        meta=param_values(args, "meta"),
     )
     for m in q.meta:
         if m not in META_FIELDS:
             raise QueryError("meta", f"{m[:40]!r} is not one of {', '.join(META_FIELDS)}")
-    start = _number(args, "start", minimum=0)
-    end = _number(args, "end", minimum=0)
-    delta = _number(args, "delta", minimum=0)
+    start = param_number(args, "start", minimum=0)
+    end = param_number(args, "end", minimum=0)
+    delta = param_number(args, "delta", minimum=0)
     if delta is not None:
         if start is None and end is None:
             start, end = now - delta, now
@@ -244,9 +250,9 @@ def parse_raw(
     if start is not None and end is not None and end < start:
         raise QueryError("end", "is before start")
     q.start, q.end, q.delta = start, end, delta
-    q.rows_per_page = _integer(args, "rows_per_page", min(DEFAULT_ROWS_PER_PAGE, max_rows), 1, max_rows)
-    q.page = _integer(args, "page", 1, 1, MAX_OFFSET // q.rows_per_page + 1)
-    order = _one(args, "order") or "desc"
+    q.rows_per_page = param_int(args, "rows_per_page", min(DEFAULT_ROWS_PER_PAGE, max_rows), 1, max_rows)
+    q.page = param_int(args, "page", 1, 1, MAX_OFFSET // q.rows_per_page + 1)
+    order = param_one(args, "order") or "desc"
     if order not in ("asc", "desc"):
         raise QueryError("order", f"{order[:20]!r} is not 'asc' or 'desc'")
     q.order = order
@@ -273,17 +279,17 @@ def parse_stats(args: Mapping[bytes, Sequence[bytes]]) -> StatsQuery:
 
     @raise QueryError: naming the first bad parameter.
     """
-    window = _number(args, "window", minimum=1)
+    window = param_number(args, "window", minimum=1)
     if window is not None and window > MAX_WINDOW:
         raise QueryError("window", f"must be at most {MAX_WINDOW} seconds")
-    by = _one(args, "by") or "category"
+    by = param_one(args, "by") or "category"
     if by not in STATS_COLUMNS:
         raise QueryError("by", f"{by[:40]!r} is not one of {', '.join(STATS_COLUMNS)}")
     return StatsQuery(
         window=window if window is not None else 3600.0,
         by=by,
-        limit=_integer(args, "limit", 20, 1, 1000),
-        buckets=_integer(args, "buckets", 60, 1, MAX_BUCKETS),
+        limit=param_int(args, "limit", 20, 1, 1000),
+        buckets=param_int(args, "buckets", 60, 1, MAX_BUCKETS),
     )
 
 

@@ -204,10 +204,10 @@ class IdResource(_Deferring):
     """
 
     def answer(self, request: Any) -> defer.Deferred:
-        msg_id = query._one(request.args, "id")
+        msg_id = query.param_one(request.args, "id")
         if not msg_id:
             raise query.QueryError("id", "give the msg_id of the message (id=...)")
-        meta = query._values(request.args, "meta")
+        meta = query.param_values(request.args, "meta")
         for m in meta:
             if m not in query.META_FIELDS:
                 raise query.QueryError("meta", f"{m[:40]!r} is not one of {', '.join(query.META_FIELDS)}")
@@ -386,9 +386,9 @@ class EventsResource(_GetOnly):
             return _error(request, 503, f"too many event streams open ({web.max_clients})", "busy")
         try:
             since = self._since(request)
-            backlog = query._integer(request.args, "backlog", DEFAULT_BACKLOG, 0, web.max_replay)
-            topics = query._values(request.args, "topic")
-            categories = query._values(request.args, "category")
+            backlog = query.param_int(request.args, "backlog", DEFAULT_BACKLOG, 0, web.max_replay)
+            topics = query.param_values(request.args, "topic")
+            categories = query.param_values(request.args, "category")
         except query.QueryError as e:
             return _error(request, 400, str(e), "bad-parameter", param=e.param)
         request.setHeader(b"Content-Type", b"text/event-stream; charset=utf-8")
@@ -412,7 +412,7 @@ class EventsResource(_GetOnly):
         header = request.getHeader(b"last-event-id")
         name, value = "Last-Event-ID", header.decode("latin-1") if header else None
         if not header:
-            name, value = "since", query._one(request.args, "since")
+            name, value = "since", query.param_one(request.args, "since")
         if not value:
             return None
         try:

@@ -17,7 +17,6 @@ import os
 import shutil
 
 from twisted.internet import threads
-from twisted.trial import unittest
 
 from tests.test_web import WebTestCase
 from tests.util import wait_for

@@ -10,7 +10,6 @@ sends to a L{RelayService}, whose sink stores into a real SQLite L{Archive}
 from __future__ import annotations
 
 import json
-import time
 from urllib.parse import quote, urlencode
 
 from twisted.internet import defer, protocol, reactor, task
@@ -18,7 +17,7 @@ from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
-from fedmsg_twisted import encoding, query, web
+from fedmsg_twisted import query, web
 from fedmsg_twisted.config import Config, ConfigError, from_dict
 from fedmsg_twisted.publisher import PublisherService
 from fedmsg_twisted.relay import RelayService
