@@ -209,3 +209,43 @@ class RelayPluginTests(CLITestCase):
         self.assertNotEqual(code, 0)
         out = proc.stderr + "\n".join(proc.lines).encode()
         self.assertIn(b"'environment' must be one of", out)
+
+
+class RelayPushPluginTests(CLITestCase):
+    """
+    The HTTPS push endpoint as an operator turns it on: keys in the config
+    file of C{twistd fedmsg-relay}, a firewalled service using
+    C{fedmsg-logger --relay-url}.
+    """
+
+    async def test_push_through_twistd_relay(self):
+        from tests.certs import make_pki
+
+        pki = make_pki(os.path.abspath(self.mktemp()))
+        server_crt, server_key = pki.issue("localhost", client=False, server=True, dns=["localhost"], ips=["127.0.0.1"], name="server")
+        client_crt, client_key = pki.issue("mentors.example.org", name="client")
+        port = free_port()
+        self.prepend_config(
+            f'push_listen = "tcp:{port}:interface=127.0.0.1"\npush_certificate = "{server_crt}"\n'
+            f'push_private_key = "{server_key}"\npush_ca = "{pki.ca_cert_path}"\n'
+        )
+        proc = spawn(self, [TWISTD, "-n", "--pidfile=", "fedmsg-relay", "--config", self.config_path])
+        got = []
+        self.start(SubscriberService(self.cfg, lambda *a: got.append(a)))
+        await wait_for(lambda: any("Relay forwarding" in line for line in proc.lines), what="relay start-up")
+        for attempt in range(20):
+            logger = self.logger("--relay-url", f"https://localhost:{port}/publish", "--client-cert", client_crt,
+                                 "--client-key", client_key, "--ca", pki.ca_cert_path, "--message", "pushed")
+            code = await logger.ended
+            if code == 0 and got:
+                break
+            await sleep(0.2)
+        self.assertEqual(code, 0, logger.stderr)
+        await wait_for(lambda: got, what="the pushed message")
+        self.assertEqual(got[0][3]["msg"], {"log": "pushed"})
+        # Without a client certificate: refused, nothing more on the bus.
+        before = len(got)
+        refused = self.logger("--relay-url", f"https://localhost:{port}/publish", "--ca", pki.ca_cert_path, "--message", "x")
+        self.assertEqual(await refused.ended, 1)
+        await sleep(0.3)
+        self.assertEqual(len(got), before)
