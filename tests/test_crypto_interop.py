@@ -81,9 +81,19 @@ class PeerMixin:
         job = os.path.join(workdir, "job.json")
         with open(job, "w") as f:
             json.dump({"config": config, "ops": ops}, f)
-        out, err, code = yield utils.getProcessOutputAndValue(
-            peer_python(), ["-c", PEER, job], env={"HOME": workdir, "PATH": os.environ.get("PATH", "")}, path=workdir
+        d = utils.getProcessOutputAndValue(
+            peer_python(), ["-c", PEER, job], env={"HOME": workdir, "PATH": os.environ.get("PATH", "")},
+            path=workdir,
         )
+
+        def killed(f):
+            # On a signal it fails with a bare (out, err, signal) tuple.
+            if isinstance(f.value, tuple):
+                _, err, sig = f.value
+                raise AssertionError(f"peer killed by signal {sig}: {err.decode(errors='replace')}")
+            return f
+
+        out, err, code = yield d.addErrback(killed)
         if code != 0:
             raise AssertionError(f"peer failed ({code}): {err.decode(errors='replace')}")
         return json.loads(out.decode().strip().splitlines()[-1])

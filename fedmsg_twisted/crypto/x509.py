@@ -306,7 +306,8 @@ class TrustStore:
         Re-read the CA and CRL files if they changed (throttled unless C{force}).
         """
         now = self.now()
-        if not force and self._checked_at is not None and now - self._checked_at < self.recheck_interval:
+        # (A clock that went backwards also triggers a check.)
+        if not force and self._checked_at is not None and 0 <= now - self._checked_at < self.recheck_interval:
             return
         self._checked_at = now
         if self._ca_file is not None and self._ca_file.changed():
