@@ -28,7 +28,10 @@ message: each reply frame is exactly the body the relay received.  So:
 This stays compatible with fedmsg's client: its gap detection only asks for
 a replay when a I{live} message carries a C{seq_id}, and our relay forwards
 bytes unchanged, so it never asks; an explicit C{get_replay()} gets valid,
-verifiable messages.
+verifiable messages.  One caveat: if upstream publishers stamp their own
+C{seq_id} and a site lists our endpoint under the relay's name in
+C{replay_endpoints}, fedmsg subscribers would ask us for I{their} numbers,
+which mean nothing here; list the endpoint under a name no publisher uses.
 
 The config keys: C{replay_endpoints[name]} (the address), C{replay_max_messages}
 (default 1000: a query matching more is refused, not truncated),
