@@ -97,3 +97,64 @@ class SelectionTests(unittest.TestCase):
         self.assertEqual(a.allowed, ("gpg",))
         self.assertEqual(b.allowed, ("gpg",))
         self.assertRaises(ConfigError, crypto.Validator.from_config, from_dict({}))  # x509 without a CA
+
+
+class CertsHelperTests(unittest.TestCase):
+    """
+    tests/certs.py makes certificates a real TLS stack accepts (teammates
+    reuse it for TLS endpoints).
+    """
+
+    def handshake(self, pki, server, client=None, hostname="localhost"):
+        import ssl
+
+        sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sctx.load_cert_chain(*server)
+        if client:
+            sctx.verify_mode = ssl.CERT_REQUIRED
+            sctx.load_verify_locations(pki.ca_cert_path)
+        cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        cctx.load_verify_locations(pki.ca_cert_path)
+        if client:
+            cctx.load_cert_chain(*client)
+        s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+        s = sctx.wrap_bio(s_in, s_out, server_side=True)
+        c = cctx.wrap_bio(c_in, c_out, server_hostname=hostname)
+        done = set()
+        for _ in range(20):
+            for name, conn, out, peer_in in (("c", c, c_out, s_in), ("s", s, s_out, c_in)):
+                if name not in done:
+                    try:
+                        conn.do_handshake()
+                        done.add(name)
+                    except ssl.SSLWantReadError:
+                        pass
+                peer_in.write(out.read())
+            if done == {"c", "s"}:
+                break
+        c.write(b"ping")
+        s_in.write(c_out.read())
+        self.assertEqual(s.read(4), b"ping")
+        return s.getpeercert()
+
+    def test_server_and_client_certs(self):
+        from tests.certs import make_pki
+
+        pki = make_pki(self.mktemp())
+        server = pki.issue("localhost", client=False, server=True, dns=["localhost"], ips=["127.0.0.1"])
+        client = pki.issue("svc-host.example.org")
+        peer = self.handshake(pki, server, client)
+        self.assertIn((("commonName", "svc-host.example.org"),), peer["subject"])
+        self.handshake(pki, server, hostname="127.0.0.1")
+
+    def test_wrong_hostname_and_foreign_ca(self):
+        import ssl
+
+        from tests.certs import make_pki
+
+        pki = make_pki(self.mktemp())
+        server = pki.issue("localhost", client=False, server=True, dns=["localhost"])
+        self.assertRaises(ssl.SSLCertVerificationError, self.handshake, pki, server, hostname="example.org")
+        other = make_pki(self.mktemp(), cn="other CA")
+        foreign = other.issue("localhost", client=False, server=True, dns=["localhost"])
+        self.assertRaises(ssl.SSLCertVerificationError, self.handshake, pki, foreign)

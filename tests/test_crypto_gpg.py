@@ -134,6 +134,19 @@ class GpgTestCase(unittest.TestCase):
         self.assertEqual(verdict.signer, self.fprs[0])
 
     @defer.inlineCallbacks
+    def test_gpg_runs_off_the_reactor(self):
+        """
+        Signing and verifying return unfired Deferreds: gpg runs in a thread.
+        """
+        d = self.sign()
+        self.assertNoResult(d)
+        signed = yield d
+        d = self.validator().validate_async(signed)
+        self.assertNoResult(d)
+        verdict = yield d
+        self.assertTrue(verdict.ok)
+
+    @defer.inlineCallbacks
     def test_only_msg_is_signed(self):
         """
         As in fedmsg, only msg is covered: the topic may change, msg may not.

@@ -228,6 +228,15 @@ class ValidationTests(PKITestCase):
         legacy["certificate"] = signed["certificate"]
         self.assertTrue(self.validator().validate(legacy).ok)
 
+    def test_bytes_fields(self):
+        """
+        Like fedmsg, signature and certificate given as bytes are decoded.
+        """
+        signed = self.signer().sign(envelope())
+        as_bytes = dict(signed, signature=signed["signature"].encode(), certificate=signed["certificate"].encode())
+        self.assertTrue(self.validator().validate(as_bytes).ok)
+        self.assertEqual(self.validator().validate(dict(signed, signature=b"\xff")).reason, "malformed")
+
     def test_unknown_ca(self):
         rogue = make_pki(self.mktemp(), cn="rogue CA")
         rogue.issue("myapp-host.example.org", name="myapp.host")
