@@ -109,13 +109,16 @@ class GpgSigner:
         """
         signed = {k: v for k, v in envelope.items() if k not in ("signature", "certificate")}
         signed["crypto"] = "gpg"
+        if "msg" not in signed:
+            raise ValueError("cannot gpg-sign an envelope without a msg field")
         data = dumps(signed["msg"]).encode("utf-8")
         result = self._gpg.get().sign(data, keyid=self.fingerprint, detach=True, binary=True)
         sig = result.data
         if not sig or getattr(result, "returncode", 0):
+            last = (result.stderr or "").strip().splitlines()[-1:] or [""]
             raise GpgError(
                 f"gpg could not sign with key {self.fingerprint} in {self.gpg_home}: "
-                f"{result.status or ''} {(result.stderr or '').strip().splitlines()[-1:]}"
+                f"{result.status or 'no signature'} ({last[0]})"
             )
         # Text, not bytes: fedmsg's signer returns bytes here (issue #506).
         signed["signature"] = base64.b64encode(sig).decode("ascii")
