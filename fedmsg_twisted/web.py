@@ -58,6 +58,7 @@ DEFAULT_BACKLOG = 50
 #: reconnects with Last-Event-ID and catches up from the archive).
 DEFAULT_CLIENT_BUFFER = 2000
 _TAIL_CHUNK = 500
+_WAKE_TRIES = 10
 _TEXT_CACHE = 2000
 
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1", "[::1]", "ip6-localhost"}
@@ -572,6 +573,7 @@ class DashboardService(Service):
         self._polling = False
         self._again = False
         self._wake_call: Any = None
+        self._wake_tries = 0
         self._poll_loop: task.LoopingCall | None = None
         self._keepalive_loop: task.LoopingCall | None = None
         self._texts: OrderedDict[int, dict] = OrderedDict()
@@ -714,9 +716,24 @@ class DashboardService(Service):
         # The archive writes in batches: look once its batch has had time to commit.
         if not self.running or not self.clients:
             return
+        self._wake_tries = 0
+        self._schedule_wake()
+
+    def _schedule_wake(self) -> None:
         if self._wake_call is None or not self._wake_call.active():
             delay = float(getattr(self.archive, "batch_interval", 0.05) or 0) + 0.05
-            self._wake_call = self._reactor.callLater(delay, self.poll)
+            self._wake_call = self._reactor.callLater(delay, self._wake)
+
+    def _wake(self) -> None:
+        # A batch still being written shows nothing yet: look again a few
+        # times (a message refused by the archive never shows; the poll
+        # loop covers the rest).
+        def found(n: int | None) -> None:
+            if n == 0 and self._wake_tries < _WAKE_TRIES and self.running and self.clients:
+                self._wake_tries += 1
+                self._schedule_wake()
+
+        self.poll().addCallback(found)
 
     def _poll_if_watched(self) -> None:
         if self.clients:
@@ -735,8 +752,9 @@ class DashboardService(Service):
             return defer.succeed(None)
         return defer.Deferred.fromCoroutine(self._poll())
 
-    async def _poll(self) -> None:
+    async def _poll(self) -> int:
         self._polling = True
+        sent = 0
         try:
             while self.running:
                 self._again = False
@@ -744,6 +762,7 @@ class DashboardService(Service):
                     break  # the first client's replay sets where the feed starts
                 rows = await query.tail(self.archive, self.latest, _TAIL_CHUNK, self.query_timeout)
                 self.broadcast(rows)
+                sent += len(rows)
                 if len(rows) < _TAIL_CHUNK and not self._again:
                     break
         except Exception as e:
@@ -751,6 +770,7 @@ class DashboardService(Service):
             log.warn("web: reading the archive for live events failed: {e}", e=e)
         finally:
             self._polling = False
+        return sent
 
     def broadcast(self, rows: list[Row]) -> None:
         for row in rows:

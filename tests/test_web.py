@@ -10,6 +10,7 @@ sends to a L{RelayService}, whose sink stores into a real SQLite L{Archive}
 from __future__ import annotations
 
 import json
+import time
 from urllib.parse import quote, urlencode
 
 from twisted.internet import defer, protocol, reactor, task
@@ -507,6 +508,18 @@ class EventTests(WebTestCase):
         self.assertEqual((code, body), (200, b""))
         self.assertEqual(self.web.clients, set())
         self.assertEqual(self.web.counters.get("events-opened"), 0)
+
+    async def test_live_without_the_poll_when_the_archive_is_slow(self):
+        # The poll loop is off (an hour): only the relay's wake-ups deliver,
+        # and the first one comes before a slow write has committed.
+        await self.bus(web_poll_interval=3600)
+        reader = await self.stream("/events")
+        await wait_for(lambda: any(c.live for c in self.web.clients), what="stream live")
+        busy = self.archive._on_writer(time.sleep, 0.2)  # a slow disk, say
+        await self.publish("log", {"log": "slow"})
+        await wait_for(lambda: reader.messages(), what="the message after a slow write")
+        await busy
+        self.assertEqual([m["seq_id"] for m in reader.messages()], [1])
 
     async def test_too_many_clients(self):
         await self.bus(web_max_clients=1)
