@@ -499,6 +499,7 @@ class Archive:
         self.counters: Counter[str] = MirroredCounter("archive", stats)
         self.writable = False
         self.running = False
+        self._starting = False
         self._pending: list[_Pending] = []
         self._flush_call: Any = None
         self._inflight: set[defer.Deferred] = set()
@@ -553,15 +554,26 @@ class Archive:
         return defer.Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
-        if self.running:
+        if self.running or self._starting:
             return
+        # Messages added while the database opens wait in the queue, so a
+        # relay may start forwarding (and archiving) at once.
+        self._starting = True
         self._writer_pool = self._pool("fedmsg-archive-writer", 1)
         self._reader_pool = self._pool("fedmsg-archive-reader", self._readers)
         try:
             self.writable, latest = await self._on_writer(self._open_writer)
-        except BaseException:
+        except BaseException as e:
+            self._starting = False
+            waiting, self._pending = self._pending, []
+            if waiting:
+                self.counters["dropped"] += len(waiting)
+                self._report_failure(len(waiting), f"the archive could not be opened: {e}")
+            for p in waiting:
+                p.d.callback(None)
             await self._close_pools()
             raise
+        self._starting = False
         self.running = True
         if not self.writable:
             log.critical(
@@ -574,6 +586,8 @@ class Archive:
             self._prune_loop = task.LoopingCall(self._prune_quietly)
             self._prune_loop.clock = self._clock
             self._prune_loop.start(self.prune_interval, now=True)
+        if self._pending:
+            self._flush()
 
     def _open_writer(self) -> tuple[bool, int | None]:
         conn = self._backend.connect(writer=True)
@@ -656,7 +670,7 @@ class Archive:
             (counted in C{counters["failed"]}, C{["dropped"]} or C{["invalid"]},
             and logged).
         """
-        if not self.running:
+        if not (self.running or self._starting):
             self.counters["dropped"] += 1
             self._report_failure(1, "the archive is not running")
             return defer.succeed(None)
@@ -690,7 +704,9 @@ class Archive:
             log.error("Archive {url}: refused a message: {error}", url=self.url, error=e)
             return defer.succeed(None)
         self._pending.append(pending)
-        if len(self._pending) >= self.batch_size:
+        if self._starting:
+            pass  # flushed once the database is open
+        elif len(self._pending) >= self.batch_size:
             self._flush()
         elif self._flush_call is None:
             self._flush_call = self._clock.callLater(self.batch_interval, self._flush)

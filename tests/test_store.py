@@ -277,6 +277,20 @@ class _ArchiveTests:
         self.assertEqual((yield again.add("a.b.c.d", body(envelope(3)), envelope(3))), 2)
 
     @defer.inlineCallbacks
+    def test_add_while_starting(self):
+        """
+        Messages added while the database opens are kept and stored once it is.
+        """
+        archive = yield defer.Deferred.fromCoroutine(self.make_archive())
+        started = archive.start()
+        self.addCleanup(archive.stop)
+        early = [archive.add("a.b.c.d", body(envelope(n)), envelope(n)) for n in (1, 2)]
+        self.assertFalse(archive.running)
+        yield started
+        self.assertEqual((yield defer.gatherResults(early)), [1, 2])
+        self.assertEqual(archive.counters["dropped"], 0)
+
+    @defer.inlineCallbacks
     def test_queue_limit(self):
         """
         Beyond C{max_pending} waiting messages, C{add} refuses instead of growing.
@@ -347,6 +361,13 @@ class SQLiteArchiveTests(_ArchiveTests, unittest.TestCase):
         self.assertIn(path, str(exc))
         self.assertIn("not a usable SQLite archive", str(exc))
         self.assertFalse(archive.running)
+        # What was added while it tried to open is refused, not lost silently.
+        archive2 = Archive(path)
+        started = archive2.start()
+        waiting = archive2.add("a.b", b"{}", {})
+        yield self.assertFailure(started, ArchiveError)
+        self.assertIsNone((yield waiting))
+        self.assertEqual(archive2.counters["dropped"], 1)
         # And the caller's add() is still safe.
         self.assertIsNone((yield archive.add("a.b", b"{}", {})))
 
