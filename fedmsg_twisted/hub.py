@@ -26,7 +26,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger, LogLevel
 
-from fedmsg_twisted.consumer import Consumer, ConsumerError
+from fedmsg_twisted.consumer import Consumer, ConsumerError, normalize_topics
 from fedmsg_twisted.health import SubscriberHealth, TopicCounter, TrackedSubscriberService, topic_depth
 from fedmsg_twisted.stats import Counters
 
@@ -113,8 +113,10 @@ class _Worker:
     def __init__(self, hub: "HubService", consumer: Any, queue_size: int, validate: bool, strict: bool) -> None:
         self.hub = hub
         self.consumer = consumer
-        self.name = consumer.name
-        self.prefixes = consumer.topics()
+        # Duck typing: a class that is not a Consumer subclass works too.
+        self.name = getattr(consumer, "name", None) or type(consumer).__name__
+        topics = getattr(consumer, "topics", None)
+        self.prefixes = topics() if callable(topics) else normalize_topics(getattr(consumer, "topic", "*"), self.name)
         self.size = queue_size
         self.validate = validate
         self.strict = strict
@@ -251,17 +253,16 @@ class HubService(Service):
             instance = c(config, self) if isinstance(c, type) else c
             if not callable(getattr(instance, "consume", None)):
                 raise ConsumerError(f"{instance!r} has no consume(message) method")
-            if not hasattr(instance, "topics"):
-                raise ConsumerError(f"{instance!r} is not a fedmsg_twisted.consumer.Consumer (no topics())")
-            validate = instance.validate_signatures
+            validate = getattr(instance, "validate_signatures", None)
             validate = default_validate if validate is None else bool(validate)
             if validate and validator is None:
                 raise ConsumerError(
-                    f"consumer {instance.name} validates signatures but the hub has no validator "
+                    f"consumer {getattr(instance, 'name', type(instance).__name__)} validates signatures but the hub has no validator "
                     "(set the crypto keys: ca_cert_location, crypto_validate_backends, ...)"
                 )
-            size = instance.queue_size if instance.queue_size is not None else qsize
-            size = _positive_int(size, f"consumer {instance.name} queue_size")
+            size = getattr(instance, "queue_size", None)
+            size = size if size is not None else qsize
+            size = _positive_int(size, f"consumer {getattr(instance, 'name', type(instance).__name__)} queue_size")
             self.workers.append(_Worker(self, instance, size, validate, strict))
         if not self.workers:
             raise ConsumerError(
@@ -328,8 +329,13 @@ class HubService(Service):
                     busy=" (one still in progress)" if w.busy else "",
                 )
         for w in self.workers:
+            stop = getattr(w.consumer, "stop", None)
+            if stop is None:
+                continue
             try:
-                await defer.maybeDeferred(w.consumer.stop)
+                await defer.maybeDeferred(stop).addTimeout(max(self.shutdown_timeout, 0.001), self._reactor)
+            except defer.TimeoutError:
+                log.warn("Consumer {c} did not stop within {s}s; going on", c=w.name, s=self.shutdown_timeout)
             except Exception:
                 log.failure("Consumer {c} failed to stop", c=w.name)
         if self._stop_validator and hasattr(self.validator, "stop"):

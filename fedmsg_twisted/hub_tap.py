@@ -69,7 +69,9 @@ class Options(ConfigOptions):
 
 def _validator(config: Any, classes: list[type]) -> Any:
     default = bool(config.get("validate_signatures", False))
-    wanted = any((default if c.validate_signatures is None else c.validate_signatures) for c in classes)
+    wanted = any(
+        default if getattr(c, "validate_signatures", None) is None else c.validate_signatures for c in classes
+    )
     if not wanted:
         return None
     from fedmsg_twisted.crypto import Validator

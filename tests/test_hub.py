@@ -134,6 +134,24 @@ class ConsumerIsolationTests(HubTestCase):
         await wait_for(lambda: len(everything.seen) == 4, what="all messages")
         self.assertEqual([m["topic"] for m in self.worker(hub, "OnlyA").consumer.seen], ["org.fedoraproject.dev.a.x"])
 
+    async def test_plain_class_with_consume_works(self):
+        seen = []
+
+        class Plain:
+            topic = "org.fedoraproject.dev.svc.*"
+
+            def __init__(self, config, hub):
+                self.config = config
+
+            def consume(self, message):
+                seen.append(message["topic"])
+
+        cfg, hub, pub = await self.bus([Plain])
+        await pub.publish(topic="thing", modname="svc", msg={})
+        await wait_for(lambda: seen, what="plain consumer called")
+        self.assertEqual(hub.workers[0].name, "Plain")
+        self.assertEqual(hub.subscriber.topics, ("org.fedoraproject.dev.svc.",))
+
     def test_subscription_is_the_union(self):
         class A(Recorder):
             topic = "org.x.a.*"
@@ -205,6 +223,7 @@ class ShutdownTests(HubTestCase):
 
             def stop(self):
                 stopped.append(True)
+                return defer.Deferred()  # never fires: bounded by shutdown_timeout too
 
         cfg, hub, pub = await self.bus([Never], shutdown_timeout=0.1)
         for n in range(4):
