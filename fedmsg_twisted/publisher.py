@@ -119,7 +119,7 @@ class PublisherService(Service):
                 if not addresses:
                     raise fzmq.BindError(f"endpoints has no entry {self.name!r} to bind")
                 self.address = fzmq.bind_first(
-                    sock, addresses, self.config.get("bind_all_interfaces", False)
+                    sock, addresses, not self.config["relay_bind_host"]
                 )
         except Exception:
             sock.close()

@@ -77,7 +77,7 @@ class RelayService(Service):
         if not outbound:
             raise fzmq.BindError("endpoints has no 'relay_outbound' addresses for the relay to bind")
         factory = self._factory or fzmq.shared_factory(self.config["io_threads"])
-        all_ifaces = self.config.get("bind_all_interfaces", False)
+        all_ifaces = not self.config["relay_bind_host"]
         out = fzmq.PubSocket(factory, options=fzmq.publisher_options(self.config))
         inn = fzmq.SubSocket(factory, self._inbound_frames, ("",), fzmq.subscriber_options(self.config))
         try:

@@ -7,6 +7,7 @@ a daemon that runs deaf.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -61,12 +62,11 @@ class StartupGuard(MultiService):
         except Exception as e:
             message = f"{self.program}: cannot start: {e}"
             log.critical(message)
-            for child in reversed(list(self)):
-                if child.running:
-                    child.stopService()
             print(message, file=sys.stderr)
-            from twisted.internet import reactor
-
-            if reactor.running:
-                reactor.stop()
-            raise SystemExit(1)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            # Children that did start may own threads (the archive's
+            # database pools) that only a running reactor could stop, and
+            # twistd calls us before the reactor runs: end the process now,
+            # with a failure status, rather than hang half-started.
+            os._exit(1)

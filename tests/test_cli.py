@@ -23,8 +23,10 @@ class CLITestCase(unittest.TestCase):
     def setUp(self):
         self.inbound, self.outbound = tcp(free_port()), tcp(free_port())
         self.config_path = os.path.abspath(self.mktemp())
+        self.state = os.path.abspath(self.mktemp())
         with open(self.config_path, "w") as f:
-            f.write(f'relay_inbound = ["{self.inbound}"]\ntimeout = 5\n[endpoints]\nrelay_outbound = ["{self.outbound}"]\n')
+            f.write(f'relay_inbound = ["{self.inbound}"]\ntimeout = 5\nstate_directory = "{self.state}"\n'
+                    f'[endpoints]\nrelay_outbound = ["{self.outbound}"]\n')
         self.cfg = config.load(self.config_path)
 
     def prepend_config(self, text):
@@ -249,3 +251,48 @@ class RelayPushPluginTests(CLITestCase):
         self.assertEqual(await refused.ended, 1)
         await sleep(0.3)
         self.assertEqual(len(got), before)
+
+
+class RelayArchivePluginTests(CLITestCase):
+    """
+    twistd fedmsg-relay with its archive, replay endpoint and dashboard.
+    """
+
+    async def test_archive_replay_and_query_api(self):
+        from twisted.internet import reactor
+        from twisted.web.client import Agent, readBody
+
+        from fedmsg_twisted.replay import get_replay
+
+        replay, web = tcp(free_port()), free_port()
+        self.prepend_config(f'web_listen = "tcp:{web}"\n')
+        with open(self.config_path, "a") as f:
+            f.write(f'[replay_endpoints]\nrelay_outbound = "{replay}"\n')
+        proc = spawn(self, [TWISTD, "-n", "--pidfile=", "fedmsg-relay", "--config", self.config_path])
+        await wait_for(lambda: any("Relay forwarding" in line for line in proc.lines), what="relay start-up")
+        for text in ("first", "second"):
+            logger = self.logger("--message", text)
+            self.assertEqual(await logger.ended, 0, logger.stderr)
+        messages = []
+        for attempt in range(50):  # the archive commits in batches
+            messages = await get_replay(replay, {"seq_id_range": [1, 10]}, timeout=5)
+            if len(messages) == 2:
+                break
+            await sleep(0.1)
+        self.assertEqual([m["msg"]["log"] for m in messages], ["first", "second"])
+        self.assertTrue(os.path.exists(os.path.join(self.state, "archive.sqlite")))
+        response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{web}/raw?order=asc".encode())
+        body = json.loads(await readBody(response))
+        self.assertEqual(response.code, 200)
+        self.assertEqual([m["msg"]["log"] for m in body["raw_messages"]], ["first", "second"])
+
+    async def test_corrupt_archive_is_a_clear_error_at_start(self):
+        os.makedirs(self.state)
+        with open(os.path.join(self.state, "archive.sqlite"), "wb") as f:
+            f.write(b"this is not a database" * 100)
+        proc = spawn(self, [TWISTD, "-n", "--pidfile=", "fedmsg-relay", "--config", self.config_path])
+        code = await proc.ended
+        self.assertNotEqual(code, 0)
+        out = "\n".join(proc.lines) + proc.stderr.decode()
+        self.assertIn("fedmsg-relay: cannot start:", out)
+        self.assertIn("archive.sqlite: not a usable SQLite archive", out)
