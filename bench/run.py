@@ -164,18 +164,17 @@ class Run:
         middles, receivers, senders = [], [], []
         procs = []
 
-        def start(specs, into):
-            for label, argv in specs:
-                p = Proc(label, argv, cwd=self.peer_cwd if argv[0] == PEER_PY else None)
-                procs.append(p)
-                into.append(p)
-            for p in into:
-                p.expect("READY", 60)
-
         try:
-            start(self.specs[0], middles)
-            start(self.specs[1], receivers)
-            start(self.specs[2], senders)
+            # Start everything at once (imports dominate start-up); zmq
+            # connects retry until the binding side is there, and nothing
+            # measured is sent before every receiver is warm.
+            for specs, into in zip(self.specs, (middles, receivers, senders)):
+                for label, argv in specs:
+                    p = Proc(label, argv, cwd=self.peer_cwd if argv[0] == PEER_PY else None)
+                    procs.append(p)
+                    into.append(p)
+            for p in procs:
+                p.expect("READY", 60)
             for r in receivers:
                 r.expect("WARM", 60)
             if self.on_warm:
@@ -296,6 +295,8 @@ def record(group, variant, values, unit, lost_n=0, cpus=(), note="", zero_loss=T
 
 def ratio(group, name, num, den, target, kind=">="):
     vals = [a / b for a, b in zip(num, den) if a and b]
+    if not vals and target is None:
+        return
     RATIOS.append(dict(group=group, name=name, values=vals, target=target, kind=kind))
 
 
@@ -431,16 +432,33 @@ def crypto_material():
 # -- scenarios ---------------------------------------------------------------------
 
 
+INFO_ONLY = ("proposed patches", "(no JSON, info)", "+ canonical json.dumps")
+
+
+def trim(args, variants):
+    """
+    --quick drops the variants that only inform (no target depends on them).
+    """
+    if not args.quick:
+        return variants
+    return {k: v for k, v in variants.items() if not any(m in k for m in INFO_ONLY)}
+
+
+def rates(per, name, fn):
+    return [fn(r) for r in per.get(name, [])]
+
+
 def relay_scenario(args):
     group = "relay forwarding (unsigned, original bytes)"
     for sname, size in SIZES.items():
-        n = args.n(40000 if size < 1000 else 10000)
+        n = args.n(150000 if size < 1000 else 20000)
         variants = {
             "fedmsg-twisted RelayService": lambda i, o: ours("relay", "--inbound", i, "--outbound", o),
             "zmq.proxy (C)": lambda i, o: raw("proxy", "--inbound", i, "--outbound", o),
             "Python pyzmq loop": lambda i, o: raw("pyfwd", "--inbound", i, "--outbound", o),
             "RelayService + proposed patches": lambda i, o: proposed("relay", "--inbound", i, "--outbound", o),
         }
+        variants = trim(args, variants)
         per = {k: [] for k in variants}
         for run in range(args.runs):
             for name, mk in variants.items():
@@ -458,7 +476,7 @@ def relay_scenario(args):
         ratio(group, f"relay / zmq.proxy, {sname}", ours_r, [recv_rate(r) for r in per["zmq.proxy (C)"]], 0.6)
         ratio(group, f"relay / Python loop, {sname}", ours_r, [recv_rate(r) for r in per["Python pyzmq loop"]], None)
         ratio(group, f"relay + proposed patches / zmq.proxy, {sname}",
-              [recv_rate(r) for r in per["RelayService + proposed patches"]],
+              rates(per, "RelayService + proposed patches", recv_rate),
               [recv_rate(r) for r in per["zmq.proxy (C)"]], None)
 
 
@@ -466,13 +484,14 @@ def publish_scenario(args):
     group = "publish (passive bind) -> raw SUB"
     pcwd = write_peer_config("pub", {})
     for sname, size in SIZES.items():
-        n = args.n(20000 if size < 1000 else 5000)
+        n = args.n(60000 if size < 1000 else 6000)
         variants = {
             "fedmsg-twisted PublisherService": lambda b: ours("pub", "--bind", b, "--n", n, "--size", size),
             "raw pyzmq PUB": lambda b: raw("pub", "--bind", b, "--n", n, "--size", size),
             "raw pyzmq PUB + canonical json.dumps": lambda b: raw("pub", "--bind", b, "--n", n, "--size", size, "--encode"),
             "real fedmsg.publish": lambda b: peer("pub", "--bind", b, "--n", n, "--size", size),
         }
+        variants = trim(args, variants)
         per = {k: [] for k in variants}
         for run in range(args.runs):
             for name, mk in variants.items():
@@ -490,20 +509,21 @@ def publish_scenario(args):
         ratio(group, f"publish / real fedmsg, {sname}", o, [send_rate(r) for r in per["real fedmsg.publish"]], 3.0)
         ratio(group, f"publish / raw pyzmq PUB (pre-encoded), {sname}", o, [send_rate(r) for r in per["raw pyzmq PUB"]], 0.5)
         ratio(group, f"publish / raw PUB + json.dumps, {sname}", o,
-              [send_rate(r) for r in per["raw pyzmq PUB + canonical json.dumps"]], None)
+              rates(per, "raw pyzmq PUB + canonical json.dumps", send_rate), None)
 
 
 def subscribe_scenario(args):
     group = "subscribe to callback (no validation)"
     pcwd = write_peer_config("sub", {})
     for sname, size in SIZES.items():
-        n = args.n(20000 if size < 1000 else 5000)
+        n = args.n(100000 if size < 1000 else 10000)
         variants = {
             "fedmsg-twisted SubscriberService": lambda c: ours("sub", "--connect", c, "--n", n),
             "real fedmsg tail_messages": lambda c: peer("sub", "--connect", c, "--n", n),
             "raw pyzmq SUB (no JSON, info)": lambda c: raw("sub", "--connect", c, "--n", n),
             "SubscriberService + proposed patches": lambda c: proposed("sub", "--connect", c, "--n", n),
         }
+        variants = trim(args, variants)
         per = {k: [] for k in variants}
         for run in range(args.runs):
             for name, mk in variants.items():
@@ -521,7 +541,7 @@ def subscribe_scenario(args):
               [recv_rate(r) for r in per["fedmsg-twisted SubscriberService"]],
               [recv_rate(r) for r in per["real fedmsg tail_messages"]], 1.5)
         ratio(group, f"subscribe + proposed patches / real tail_messages, {sname}",
-              [recv_rate(r) for r in per["SubscriberService + proposed patches"]],
+              rates(per, "SubscriberService + proposed patches", recv_rate),
               [recv_rate(r) for r in per["real fedmsg tail_messages"]], None)
 
 
@@ -548,7 +568,7 @@ def signed_publish_scenario(args):
     })
     for sname, size in SIZES.items():
         n = args.n(3000 if size < 1000 else 1500)
-        nf = args.n(300)  # fedmsg re-reads key and cert for every message: ~30 msg/s
+        nf = 20 if args.quick else args.n(300)  # fedmsg re-reads key and cert for every message: ~30 msg/s
         per = {"fedmsg-twisted PublisherService + Signer": [], "raw RSA-2048 PKCS#1v1.5 SHA-1 sign": [],
                "real fedmsg.publish (sign_messages)": []}
         for run in range(args.runs):
@@ -662,7 +682,7 @@ def gpg_scenario(args):
     with open(cpath, "w") as f:
         json.dump({"crypto_backend": "gpg", "crypto_validate_backends": ["gpg"], "gpg_home": home,
                    "gpg_signing_key": fpr}, f)
-    n = args.n(200)
+    n = 30 if args.quick else args.n(200)
     for mode in ("sign", "verify"):
         o, b = [], []
         for run in range(args.runs):
@@ -869,8 +889,28 @@ def machine():
         pass
     import zmq
 
-    return (f"{platform.node()}: {os.cpu_count()} cores ({cpu}), Linux {platform.release()}, "
+    return (f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, "
             f"Python {platform.python_version()}, pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}")
+
+
+def loadavg():
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "?"
+
+
+def update_docs(report):
+    path = os.path.join(ROOT, "docs", "performance.rst")
+    with open(path) as f:
+        text = f.read()
+    begin, end = ".. BEGIN TABLE\n", ".. END TABLE\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    block = ".. code-block:: text\n\n" + "".join("   " + line + "\n" for line in report.splitlines())
+    with open(path, "w") as f:
+        f.write(head + begin + "\n" + block + "\n" + end + tail)
 
 
 def main(argv=None):
@@ -878,12 +918,14 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke check: tiny N, one run, fewer points")
     p.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
     p.add_argument("--runs", type=int, help="runs per point (default 3; 1 with --quick)")
-    p.add_argument("--scale", type=float, help="multiply message counts (default 1; 0.02 with --quick)")
+    p.add_argument("--scale", type=float, help="multiply message counts (default 1; 0.01 with --quick)")
     p.add_argument("--profile", action="store_true", help="also cProfile relay and subscriber into bench/profiles/")
     p.add_argument("--json", help="write raw numbers to this file")
+    p.add_argument("--update-docs", action="store_true",
+                   help="write the table into docs/performance.rst (between its TABLE markers)")
     args = p.parse_args(argv)
     args.runs = args.runs or (1 if args.quick else 3)
-    scale = args.scale or (0.02 if args.quick else 1.0)
+    scale = args.scale or (0.01 if args.quick else 1.0)
     args.n = lambda full: max(100, int(full * scale))
     names = args.only.split(",") if args.only else list(SCENARIOS)
     for name in names:
@@ -891,7 +933,8 @@ def main(argv=None):
             p.error(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
     setup(args)
     started = time.monotonic()
-    print(f"bench: {machine()}", file=sys.stderr)
+    load_before = loadavg()
+    print(f"bench: {machine()}; load average {load_before}", file=sys.stderr)
     for name in names:
         t = time.monotonic()
         print(f"bench: {name}...", file=sys.stderr, flush=True)
@@ -907,11 +950,17 @@ def main(argv=None):
             profile_hot_paths(args)
         except WorkerFailed as e:
             FAILURES.append(f"profile: {e}")
+    report = "\n".join([
+        f"fedmsg-twisted benchmark ({'quick' if args.quick else 'full'}, {args.runs} run(s) per point, "
+        f"{time.monotonic() - started:.0f}s, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})",
+        f"Machine: {machine()}",
+        f"Load average (1/5/15 min) before: {load_before}, after: {loadavg()}",
+        render(),
+    ])
     print()
-    print(f"fedmsg-twisted benchmark ({'quick' if args.quick else 'full'}, {args.runs} run(s) per point, "
-          f"{time.monotonic() - started:.0f}s)")
-    print(f"Machine: {machine()}")
-    print(render())
+    print(report)
+    if args.update_docs:
+        update_docs(report)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"rows": ROWS, "ratios": RATIOS, "machine": machine()}, f, indent=1, default=str)
