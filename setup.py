@@ -39,6 +39,7 @@ setup(
         "console_scripts": [
             "fedmsg-logger = fedmsg_twisted.cli.logger:main",
             "fedmsg-tail = fedmsg_twisted.cli.tail:main",
+            "fedmsg-check = fedmsg_twisted.cli.check:main",
         ],
     },
     classifiers=[

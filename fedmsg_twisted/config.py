@@ -167,6 +167,37 @@ def _choices_list(*choices: str) -> Callable[[Any], tuple[str, ...]]:
     return check
 
 
+def _opt_endpoint(v: Any) -> str | None:
+    """
+    A Twisted server endpoint description such as C{tcp:8080:interface=127.0.0.1}.
+    """
+    if v is None:
+        return None
+    v = _str(v)
+    from twisted.internet import endpoints
+
+    try:
+        # Parsing only; the parser never touches the reactor it is given.
+        endpoints.serverFromString(object(), v)
+    except Exception as e:
+        raise ValueError(f"a Twisted server endpoint like 'tcp:8080:interface=127.0.0.1' ({e})") from None
+    return v
+
+
+def _opt_endpoint_or_none_word(v: Any) -> str | None:
+    if isinstance(v, str) and v.strip().lower() == "none":
+        return "none"
+    return _opt_endpoint(v)
+
+
+def _prefix_list(v: Any) -> tuple[str, ...]:
+    items = _str_list(v)
+    for item in items:
+        if "*" in item[:-1]:
+            raise ValueError(f"topic prefixes with at most a trailing '*' (got {item!r})")
+    return items
+
+
 def _table(v: Any) -> Mapping[str, Any]:
     if not isinstance(v, Mapping):
         raise TypeError("a table")
@@ -282,7 +313,7 @@ KEYS: dict[str, Key] = {
     "relay_validate": Key(_bool, False, "The relay validates signatures at the door and drops what fails.", "relay"),
     "relay_bind_host": Key(_bool, True, "Passive sockets bind the host written in the address (fedmsg binds *).", "relay"),
     # -- HTTPS push endpoint on the relay ---------------------------------------
-    "push_listen": Key(_opt_str, None, "Twisted server endpoint of the relay's HTTPS push endpoint, e.g. ssl:8443:interface=0.0.0.0 (mutual TLS is always added; unset = off).", "push"),
+    "push_listen": Key(_opt_endpoint, None, "Twisted server endpoint of the relay's HTTPS push endpoint, e.g. ssl:8443:interface=0.0.0.0 (mutual TLS is always added; unset = off).", "push"),
     "push_certificate": Key(_opt_str, None, "PEM certificate of the push endpoint, leaf first, then intermediates.", "push"),
     "push_private_key": Key(_opt_str, None, "Unencrypted PEM key matching push_certificate.", "push"),
     "push_ca": Key(_opt_str, None, "PEM CA certificate(s) that issue client certificates; clients must present one.", "push"),
@@ -291,7 +322,7 @@ KEYS: dict[str, Key] = {
     "push_timeout": Key(_number, 30, "Idle timeout and deadline for a whole request, in seconds; 0 = off.", "push"),
     # -- mail bridge ----------------------------------------------------------------
     "mailbridge_maildir": Key(_opt_str, None, "Maildir whose new/ the mail bridge watches.", "mailbridge"),
-    "mailbridge_listen": Key(_opt_str, "tcp:8025:interface=127.0.0.1", "SMTP/LMTP server endpoint of the mail bridge; 'none' disables it.", "mailbridge"),
+    "mailbridge_listen": Key(_opt_endpoint_or_none_word, "tcp:8025:interface=127.0.0.1", "SMTP/LMTP server endpoint of the mail bridge; 'none' disables it.", "mailbridge"),
     "mailbridge_state_dir": Key(_str, "/var/lib/fedmsg-twisted/mailbridge", "Where the record of published mail (dedup by Message-ID) is kept.", "mailbridge"),
     "mailbridge_quarantine": Key(_opt_str, None, "Quarantine Maildir for bad mail (default: <state dir>/quarantine).", "mailbridge"),
     "mailbridge_max_mail_size": Key(_pos_int, 10485760, "Largest mail in bytes; larger mail is quarantined.", "mailbridge"),
@@ -310,7 +341,7 @@ KEYS: dict[str, Key] = {
     "replay_max_messages": Key(_pos_int, 1000, "A replay query matching more messages is refused with an error.", "archive"),
     "replay_max_bytes": Key(_pos_int, 64 * 1024 * 1024, "Largest replay reply in bytes.", "archive"),
     # -- web: query API and dashboard -----------------------------------------------
-    "web_listen": Key(_opt_str, None, "Twisted server endpoint of the query API and dashboard (tcp:PORT binds 127.0.0.1 unless interface= is given; ssl:PORT adds TLS); unset = off.", "web"),
+    "web_listen": Key(_opt_endpoint, None, "Twisted server endpoint of the query API and dashboard (tcp:PORT binds 127.0.0.1 unless interface= is given; ssl:PORT adds TLS); unset = off.", "web"),
     "web_certificate": Key(_opt_str, None, "PEM certificate (leaf first, then chain) for web_listen ssl:.", "web"),
     "web_private_key": Key(_opt_str, None, "Unencrypted PEM key for web_listen ssl:.", "web"),
     "web_allowed_hosts": Key(lambda v: None if v is None else _str_list(v), None, "Host names served; unset = loopback names only when bound to loopback, any otherwise.", "web"),
@@ -321,6 +352,15 @@ KEYS: dict[str, Key] = {
     "web_poll_interval": Key(_number, 1.0, "Seconds between archive polls while someone watches.", "web"),
     "web_keepalive": Key(_number, 15.0, "Seconds between keepalive comments on streams (0 = off).", "web"),
     "web_client_buffer": Key(_pos_int, 2000, "Events queued for a stream that does not read before it is cut.", "web"),
+    # -- health, gateway, hub --------------------------------------------------------
+    "health_listen": Key(_opt_endpoint, None, "Twisted server endpoint for /live, /ready and /metrics, e.g. tcp:9941:interface=127.0.0.1; unset = off.", "health"),
+    "health_ready_window": Key(_number, 0, "A subscriber is not ready unless a message (heartbeats included) arrived within this many seconds; 0 = connection state only.", "health"),
+    "metrics_topic_depth": Key(_nonneg_int, 0, "Topic tokens kept in metric labels; 0 = topic_prefix + 2.", "health"),
+    "gateway_bind": Key(lambda v: _zmq_address(_str(v)), "tcp://127.0.0.1:9940", "Public PUB address of fedmsg-gateway.", "gateway"),
+    "gateway_high_water_mark": Key(_nonneg_int, 10000, "fedmsg-gateway SNDHWM/RCVHWM (0 = unlimited).", "gateway"),
+    "gateway_topics": Key(_prefix_list, (), "Topic prefixes the gateway exports (only a trailing * allowed); empty = all.", "gateway"),
+    "hub_queue_size": Key(_pos_int, 1000, "Messages waiting per hub consumer before the oldest is dropped.", "hub"),
+    "shutdown_timeout": Key(_number, 10, "Seconds the hub drains consumer queues on stop.", "hub"),
     # -- later sections (archive, replay, push, irc, health) add keys below --
     "logging": Key(_any, None, "Accepted for fedmsg compatibility and ignored (we log with twisted.logger).", "compat"),
     "irc": Key(_table_list, (), "IRC bot connections, fedmsg's format (see the IRC page).", "irc"),
@@ -453,7 +493,21 @@ def _read_fedmsg_py(path: str) -> dict[str, Any]:
     config = scope.get("config")
     if not isinstance(config, Mapping):
         raise ConfigError(f"{path}: a fedmsg config file must define a dict named 'config'")
-    return dict(config)
+    return _translate_legacy(dict(config))
+
+
+def _translate_legacy(raw: dict[str, Any]) -> dict[str, Any]:
+    """
+    fedmsg's dotted consumer keys that have a key of ours.
+    """
+    raw = dict(raw)
+    port = raw.pop("fedmsg.consumers.gateway.port", None)
+    if port is not None and "gateway_bind" not in raw:
+        raw["gateway_bind"] = f"tcp://*:{port}"
+    hwm = raw.pop("fedmsg.consumers.gateway.high_water_mark", None)
+    if hwm is not None and "gateway_high_water_mark" not in raw:
+        raw["gateway_high_water_mark"] = hwm
+    return raw
 
 
 def _read_path(path: str) -> tuple[dict[str, Any], bool, tuple[str, ...]]:

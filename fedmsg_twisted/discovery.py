@@ -497,3 +497,24 @@ class SRVDiscoveryService(service.Service):
         if not failure.check(DiscoveryError):
             log.failure("SRV discovery for {domain}: unexpected error", failure, domain=domain)
         return max(self._retry, 0.0)
+
+
+def attach_discovery(parent: Any, config: Mapping[str, Any], subscriber: Any, reactor: Any = None) -> "SRVDiscoveryService | None":
+    """
+    Keep C{subscriber} connected to the SRV endpoints of C{srv_endpoints}:
+    the one line each process that subscribes needs.  Adds the discovery
+    service to C{parent} (after the subscriber, so it stops first) and
+    returns it, or returns None when no domain is configured.
+    """
+    if not config.get("srv_endpoints"):
+        return None
+
+    def on_change(name: str, added: set, removed: set) -> None:
+        for address in removed:
+            subscriber.remove_endpoint(name, address)
+        for address in added:
+            subscriber.add_endpoint(name, address)
+
+    svc = SRVDiscoveryService(config, on_change, static=subscriber.endpoints(), reactor=reactor)
+    svc.setServiceParent(parent)
+    return svc

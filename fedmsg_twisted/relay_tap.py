@@ -95,4 +95,8 @@ def makeService(options: Any) -> StartupGuard:
         from fedmsg_twisted.web import add_dashboard
 
         add_dashboard(top, config, archive, relay)
+    if config["health_listen"]:
+        from fedmsg_twisted.health import HealthService, RelayHealth
+
+        HealthService(config["health_listen"], [RelayHealth(relay)]).setServiceParent(top)
     return top

@@ -264,8 +264,8 @@ class RelayArchivePluginTests(CLITestCase):
 
         from fedmsg_twisted.replay import get_replay
 
-        replay, web = tcp(free_port()), free_port()
-        self.prepend_config(f'web_listen = "tcp:{web}"\n')
+        replay, web, health = tcp(free_port()), free_port(), free_port()
+        self.prepend_config(f'web_listen = "tcp:{web}"\nhealth_listen = "tcp:{health}:interface=127.0.0.1"\n')
         with open(self.config_path, "a") as f:
             f.write(f'[replay_endpoints]\nrelay_outbound = "{replay}"\n')
         proc = spawn(self, [TWISTD, "-n", "--pidfile=", "fedmsg-relay", "--config", self.config_path])
@@ -285,6 +285,12 @@ class RelayArchivePluginTests(CLITestCase):
         body = json.loads(await readBody(response))
         self.assertEqual(response.code, 200)
         self.assertEqual([m["msg"]["log"] for m in body["raw_messages"]], ["first", "second"])
+        response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{health}/ready".encode())
+        self.assertEqual(response.code, 200)
+        await readBody(response)
+        response = await Agent(reactor).request(b"GET", f"http://127.0.0.1:{health}/metrics".encode())
+        metrics = (await readBody(response)).decode()
+        self.assertRegex(metrics, r'fedmsg_forwarded(_total)?\{component="relay"\} 2')
 
     async def test_corrupt_archive_is_a_clear_error_at_start(self):
         os.makedirs(self.state)
