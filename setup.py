@@ -32,7 +32,8 @@ setup(
         "python-debian>=0.1.49",
     ],
     extras_require={
-        "test": [],
+        "postgresql": ["psycopg[binary]>=3.1"],
+        "test": ["psycopg[binary]>=3.1", "selenium>=4.10"],
         "docs": ["sphinx>=7"],
     },
     entry_points={

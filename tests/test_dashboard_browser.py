@@ -45,6 +45,11 @@ def _skip_reason() -> str | None:
     return None
 
 
+if _skip_reason() and os.environ.get("FEDMSG_TEST_REQUIRE_BROWSER"):
+    # CI installs the browser: its absence there is a failure, not a skip.
+    raise RuntimeError(_skip_reason())
+
+
 class DashboardBrowserTests(WebTestCase):
     skip = _skip_reason()
     timeout = 120
