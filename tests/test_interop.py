@@ -196,6 +196,7 @@ async def _run_with_stdin(python, script, data):
             self.d.callback(reason.value.exitCode)
 
     p = P()
-    reactor.spawnProcess(p, python, [python, script], env=dict(os.environ))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    reactor.spawnProcess(p, python, [python, script], env=env)
     code = await p.d
     return p.out, p.err, code

@@ -90,6 +90,12 @@ def spawn(testcase, argv: list[str], env: dict | None = None, path: str | None =
     full_env["PYTHONUNBUFFERED"] = "1"
     if env:
         full_env.update(env)
+    from tests.fedmsgpeer import PEER_VENV
+
+    if argv[0].startswith(PEER_VENV):
+        # trial -j puts our venv on PYTHONPATH; the peer must not see our
+        # pyOpenSSL (fedmsg then silently turns X.509 off).
+        full_env.pop("PYTHONPATH", None)
     transport = reactor.spawnProcess(proto, argv[0], argv, env=full_env, path=path)
 
     async def cleanup():
