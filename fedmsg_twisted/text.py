@@ -37,6 +37,8 @@ __all__ = [
     "topic_matches",
     "clean",
     "irc_colour",
+    "terse",
+    "msg2repr",
 ]
 
 log = Logger(namespace="fedmsg_twisted.text")
@@ -574,3 +576,23 @@ def raw_line(msg: Mapping[str, Any]) -> str:
     if len(text) > MAX_SUBTITLE * 2:
         text = text[: MAX_SUBTITLE * 2 - 1] + "\N{HORIZONTAL ELLIPSIS}"
     return f"{topic:<30} {text}"
+
+
+_layers: dict[int, tuple[Any, TextLayer]] = {}
+
+
+def terse(msg: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> str:
+    """
+    fedmsg's C{msg2repr}: the one-line C{title -- subtitle link} of an
+    envelope, for C{fedmsg-tail --terse} and friends.  The processors for a
+    config are loaded once and kept.
+    """
+    key = id(config)
+    cached = _layers.get(key)
+    if cached is None or cached[0] is not config:
+        # Keep a reference to the config so its id is not reused.
+        cached = _layers[key] = (config, TextLayer(config or {}))
+    return cached[1].msg2repr(msg)
+
+
+msg2repr = terse

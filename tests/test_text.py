@@ -210,3 +210,15 @@ class PluginTests(unittest.TestCase):
         layer = text.TextLayer({}, processors=[])
         self.assertEqual(layer.msg2repr(env("a.b.c.logger.log", {"log": "x"})), "logger.log -- x (ralph)")
         self.assertRaises(ValueError, layer.text, {"msg": {}})
+
+
+class TerseFunctionTests(unittest.TestCase):
+    def test_terse(self):
+        cfg = {"topic_prefix": "org.fedoraproject"}
+        e = env("org.fedoraproject.dev.logger.log", {"log": "x"})
+        self.assertEqual(text.terse(e, cfg), "logger.log -- x (ralph)")
+        self.assertEqual(text.msg2repr(e), "logger.log -- x (ralph)")
+        layer = text._layers[id(cfg)][1]
+        text.terse(e, cfg)
+        self.assertIs(text._layers[id(cfg)][1], layer)  # processors loaded once per config
+        self.assertEqual(text.terse(env("a.b.c.x.y", {"summary": "s"}), cfg), "x.y -- s")
