@@ -26,7 +26,7 @@ in a bounded queue (C{publish_queue_size}) and released when it comes back.
 from __future__ import annotations
 
 import socket
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any, Mapping
 
 from twisted.application.service import Service
@@ -91,6 +91,19 @@ class PublisherService(Service):
         self._released = False
         self.counters = Counters()
         self.address: str | None = None
+        # Resending what a dying relay lost (docs/healing.rst): messages sent
+        # and not yet seen in the relay's archive, oldest first.
+        window = int(config.get("publish_resend_window", 10000))
+        replay = (config.get("replay_endpoints") or {}).get("relay_outbound")
+        self._resend_window = window if (self.active and window and replay) else 0
+        self._replay = replay if self._resend_window else None
+        self._unacked: OrderedDict[str, list] = OrderedDict()
+        self._generation = 0
+        self._lost_relay = False
+        self._subscribed_before = False
+        self._resend_due = False
+        self._reconcile_loop: Any = None
+        self._reconciling: defer.Deferred | None = None
 
     # -- IService -------------------------------------------------------------
 
@@ -110,6 +123,10 @@ class PublisherService(Service):
             options=fzmq.publisher_options(self.config),
             on_subscription=self._subscription_changed,
         )
+        if self._replay is not None:
+            # Report every subscription, repeated ones too: a relay that
+            # reconnects subscribes again, and that is how we notice it.
+            sock.socket.setsockopt(fzmq._zmq.XPUB_VERBOSE, 1)
         try:
             if self.active:
                 self.address = self.config["relay_inbound"][0]
@@ -130,6 +147,13 @@ class PublisherService(Service):
         self._startup_timer = self._reactor.callLater(
             self.config["post_init_sleep"], self._startup_wait_over
         )
+        if self._replay is not None:
+            from twisted.internet import task
+
+            self._reconcile_loop = task.LoopingCall(self._reconcile)
+            self._reconcile_loop.clock = self._reactor
+            interval = float(self.config.get("heartbeat_interval", 1.0)) or 1.0
+            self._reconcile_loop.start(interval, now=False)
         log.info(
             "Publisher {mode} {address} (name {name})",
             mode="connected to" if self.active else "bound to",
@@ -151,6 +175,16 @@ class PublisherService(Service):
         if self._socket is not None:
             self._socket.close()
             self._socket = None
+        if self._reconcile_loop is not None and self._reconcile_loop.running:
+            self._reconcile_loop.stop()
+        self._reconcile_loop = None
+        if self._unacked:
+            log.info(
+                "Publisher stopped with {n} messages not yet confirmed by the relay's archive",
+                n=len(self._unacked),
+            )
+        if self._reconciling is not None:
+            return self._reconciling.addBoth(lambda _: None)
         return defer.succeed(None)
 
     # -- publishing -------------------------------------------------------------
@@ -197,6 +231,7 @@ class PublisherService(Service):
             return self._hold(frames, envelope)
         if self._socket.send_frames(frames):
             self.counters.incr("published")
+            self._sent(frames, envelope)
             return defer.succeed(envelope)
         self.counters.incr("dropped", "high-water-mark")
         return defer.fail(PublishError("zmq high-water mark reached; message dropped"))
@@ -226,6 +261,7 @@ class PublisherService(Service):
             frames, d, envelope = self._queue.popleft()
             if self._socket.send_frames(frames):
                 self.counters.incr("published")
+                self._sent(frames, envelope)
                 d.callback(envelope)
             else:
                 self.counters.incr("dropped", "high-water-mark")
@@ -236,8 +272,83 @@ class PublisherService(Service):
             self._released = True
             # Let zmq finish attaching the pipe before the burst goes out.
             self._reactor.callLater(0, self._flush)
+            if self._lost_relay:
+                self._lost_relay = False
+                self._resend_due = True
+            elif self._replay is not None and self._subscribed_before:
+                # XPUB_VERBOSE: the relay subscribed again on the same pipe,
+                # so it reconnected (restarted) and what it had not archived
+                # may be lost.  zmq kept the pipe, so we saw no unsubscribe.
+                log.info("Relay {address} reconnected; checking what it archived", address=self.address)
+                self._generation += 1
+                self._resend_due = True
+            self._subscribed_before = True
         elif self.active and not self._socket.has_subscriber():
             log.warn("Relay {address} went away; holding messages until it is back", address=self.address)
+            # What was sent before now may have died with the relay.
+            self._generation += 1
+            self._lost_relay = True
+
+    # -- resending what the relay's archive does not have -------------------------
+
+    def _sent(self, frames: list[bytes], envelope: Any) -> None:
+        if self._replay is None or not isinstance(envelope, Mapping):
+            return
+        mid = envelope.get("msg_id")
+        if not isinstance(mid, str):
+            return
+        self._unacked[mid] = [frames, self._generation]
+        if len(self._unacked) > self._resend_window:
+            self._unacked.popitem(last=False)
+            self.counters.incr("unconfirmed-evicted")
+
+    def _reconcile(self) -> None:
+        if self._reconciling is not None or not self._unacked or self._socket is None:
+            return
+        if self._lost_relay:
+            return  # nobody to ask; try again once the relay is back
+        d = defer.Deferred.fromCoroutine(self._reconcile_once())
+        d.addErrback(lambda f: log.failure("Checking sent messages against the archive failed", f))
+        self._reconciling = d
+
+        def done(_: Any) -> None:
+            self._reconciling = None
+
+        d.addBoth(done)
+
+    async def _reconcile_once(self) -> None:
+        from fedmsg_twisted.heal import ReplayUnavailable, get_index
+
+        resend = self._resend_due
+        generation = self._generation
+        ids = list(self._unacked)
+        try:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                index = await get_index(self._replay, {"msg_ids": chunk}, self.config["timeout"])
+                for _, mid in index:
+                    if self._unacked.pop(mid, None) is not None:
+                        self.counters.incr("confirmed")
+        except ReplayUnavailable as e:
+            log.debug("Cannot confirm sent messages yet: {error}", error=e)
+            return
+        if not resend or self._socket is None or self._lost_relay:
+            return
+        self._resend_due = False
+        checked = set(ids)
+        lost = [(mid, e) for mid, e in self._unacked.items() if e[1] < generation and mid in checked]
+        if lost:
+            log.warn(
+                "Resending {n} messages the relay {address} lost when it went away",
+                n=len(lost),
+                address=self.address,
+            )
+        for mid, entry in lost:
+            if self._socket.send_frames(entry[0]):
+                entry[1] = generation
+                self.counters.incr("resent")
+            else:
+                self.counters.incr("dropped", "high-water-mark")
 
     def _startup_wait_over(self) -> None:
         self._startup_timer = None

@@ -78,7 +78,7 @@ class RelayService(Service):
             raise fzmq.BindError("endpoints has no 'relay_outbound' addresses for the relay to bind")
         factory = self._factory or fzmq.shared_factory(self.config["io_threads"])
         all_ifaces = not self.config["relay_bind_host"]
-        out = fzmq.PubSocket(factory, options=fzmq.publisher_options(self.config))
+        out = fzmq.PubSocket(factory, options=outbound_options(self.config))
         inn = fzmq.SubSocket(factory, self._inbound_frames, ("",), fzmq.subscriber_options(self.config))
         try:
             self.outbound = fzmq.bind_first(out, outbound, all_ifaces)
@@ -108,6 +108,17 @@ class RelayService(Service):
         Is any subscriber connected to the outbound side?
         """
         return self._out is not None and self._out.has_subscriber()
+
+    def send_control(self, frames: list[bytes]) -> bool:
+        """
+        Send frames the relay makes itself (its heartbeat) on the outbound
+        side: not counted as forwarded, not given to the sinks (not archived).
+
+        @return: False when not running or zmq refused it.
+        """
+        if self._out is None:
+            return False
+        return self._out.send_frames(frames)
 
     def add_sink(self, sink: Sink) -> None:
         """
@@ -199,6 +210,28 @@ class RelayService(Service):
                 self.counters.incr("sink-errors")
                 log.failure("A relay sink failed for {topic}", topic=topic)
         return envelope
+
+
+def outbound_options(config: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """
+    The outbound socket's options: C{relay_high_water_mark} (messages queued
+    per subscriber before zmq drops for that subscriber; 0 = unlimited)
+    instead of C{high_water_mark}, so a stalled subscriber costs bounded
+    memory; what it misses is healed from the archive.
+    """
+    import zmq as _zmq
+
+    from fedmsg_twisted import zmq as fzmq
+
+    hwm = config.get("relay_high_water_mark", DEFAULT_OUTBOUND_HWM)
+    return [
+        (opt, hwm) if opt == _zmq.SNDHWM else (opt, v)
+        for opt, v in fzmq.publisher_options(config)
+    ]
+
+
+#: Messages queued for one subscriber at most (relay_high_water_mark).
+DEFAULT_OUTBOUND_HWM = 10000
 
 
 class Rejected(Exception):

@@ -83,11 +83,18 @@ def makeService(options: Any) -> StartupGuard:
         # after it, so the last messages are flushed to disk.
         ArchiveService(archive).setServiceParent(top)
         relay.add_sink(archive.add)
+        replay_address = None
         if "relay_outbound" in config["replay_endpoints"]:
             from fedmsg_twisted.replay import ReplayService
 
-            ReplayService.from_config(config, archive, name="relay_outbound").setServiceParent(top)
+            replay = ReplayService.from_config(config, archive, name="relay_outbound")
+            replay.setServiceParent(top)
+            replay_address = replay.address
     relay.setServiceParent(top)
+    if archive is not None and config.get("heartbeat_interval", 1.0) > 0:
+        from fedmsg_twisted.heal import RelayHeartbeat
+
+        RelayHeartbeat(config, relay, archive, replay_address).setServiceParent(top)
     from fedmsg_twisted.push import add_push_service
 
     add_push_service(top, config, relay)

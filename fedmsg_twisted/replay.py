@@ -71,6 +71,12 @@ log = Logger(namespace="fedmsg_twisted.replay")
 
 NO_MATCH = "There was no match for the given query"
 QUERY_KEYS = ("seq_id", "seq_ids", "seq_id_range", "msg_id", "msg_ids", "time")
+#: Our extension (fedmsg clients never send these): C{"fields": "index"}
+#: answers one frame C{[seq_id, msg_id]} per match instead of the message,
+#: C{"topics"} keeps only topics starting with one of the given prefixes,
+#: C{"limit"} answers the first matches (in seq_id order) instead of
+#: refusing a query that matches too many: how subscribers page.
+EXTENSION_KEYS = ("fields", "topics", "limit")
 DEFAULT_MAX_MESSAGES = 1000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_QUERY_BYTES = 1024 * 1024
@@ -113,6 +119,9 @@ class ReplayQuery:
     msg_ids: tuple[str, ...] | None = None
     time_range: tuple[float, float] | None = None
     keys: tuple[str, ...] = field(default=())
+    index: bool = False
+    topics: tuple[str, ...] | None = None
+    limit: int | None = None
 
     def selectors(self) -> dict[str, Any]:
         return {
@@ -179,11 +188,26 @@ def parse_query(raw: bytes, max_items: int = DEFAULT_MAX_MESSAGES) -> ReplayQuer
         raise QueryError("Query is not valid JSON") from None
     if not isinstance(value, dict):
         raise QueryError("Query must be a JSON object")
-    unknown = sorted(k for k in value if k not in QUERY_KEYS)
+    unknown = sorted(k for k in value if k not in QUERY_KEYS and k not in EXTENSION_KEYS)
     if unknown:
         raise QueryError(f'Unsupported field: "{unknown[0]}"')
-    if not value:
+    if not any(k in value for k in QUERY_KEYS):
         raise QueryError("Empty query: give any of " + ", ".join(QUERY_KEYS))
+    index, topics, limit = False, None, None
+    if "fields" in value:
+        if value["fields"] != "index":
+            raise _ill("fields", 'only "index" is supported')
+        index = True
+    if "topics" in value:
+        topics = []
+        for t in _list("topics", value["topics"], 100):
+            if not isinstance(t, str):
+                raise _ill("topics", "expected a list of strings")
+            topics.append(t)
+    if "limit" in value:
+        limit = _seq("limit", value["limit"])
+        if limit < 1:
+            raise _ill("limit", "must be 1 or more")
     seq_ids: list[int] = []
     msg_ids: list[str] = []
     seq_range = time_range = None
@@ -216,6 +240,9 @@ def parse_query(raw: bytes, max_items: int = DEFAULT_MAX_MESSAGES) -> ReplayQuer
         msg_ids=tuple(msg_ids) if ("msg_id" in value or "msg_ids" in value) else None,
         time_range=time_range,
         keys=tuple(sorted(value)),
+        index=index,
+        topics=tuple(topics) if topics is not None else None,
+        limit=limit,
     )
 
 
@@ -264,6 +291,8 @@ class ReplayServer:
         if self._running >= self.max_concurrent:
             self.counters["busy"] += 1
             return [error_frame("Replay server is busy, try again later")]
+        if query.index or query.topics is not None or query.limit is not None:
+            return await self._extended(query)
         self._running += 1
         try:
             rows = await self.archive.get(
@@ -288,6 +317,44 @@ class ReplayServer:
             )
         self.counters["replayed"] += len(rows)
         log.debug("Replaying {n} messages for {keys}", n=len(rows), keys=query.keys)
+        return [r.body for r in rows]
+
+    async def _extended(self, query: ReplayQuery) -> list[bytes]:
+        """
+        Our extension: index replies, topic prefixes, paging by C{limit}.
+        """
+        sel = query.selectors()
+        limit = min(query.limit or self.max_messages, self.max_messages)
+        self._running += 1
+        try:
+            index = await self.archive.index(
+                topics=query.topics,
+                limit=limit if query.limit is not None else limit + 1,
+                **sel,
+            )
+            if query.limit is None and len(index) > self.max_messages:
+                return self._refuse(f"{TOO_MANY} (more than {self.max_messages}); narrow it down")
+            index = index[:limit]
+            if not index:
+                self.counters["no_match"] += 1
+                return [error_frame(NO_MATCH)]
+            if query.index:
+                self.counters["indexed"] += len(index)
+                return [encoding.dumps_bytes([seq, mid]) for seq, mid in index]
+            rows = await self.archive.get(
+                seq_ids=[seq for seq, _ in index], max_bytes=self.max_bytes
+            )
+        except ResultTooLarge as e:
+            return self._refuse(
+                f"The reply would be too large ({e.size} bytes, limit {e.limit}); narrow the query down"
+            )
+        except Exception as e:
+            self.counters["archive_failed"] += 1
+            log.error("Replay query {keys} failed in the archive: {error}", keys=query.keys, error=e)
+            return [error_frame("The archive could not answer the query")]
+        finally:
+            self._running -= 1
+        self.counters["replayed"] += len(rows)
         return [r.body for r in rows]
 
     def _refuse(self, text: str, raw: bytes = b"") -> list[bytes]:

@@ -36,6 +36,7 @@ import math
 import os
 import sqlite3
 import threading
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -512,6 +513,12 @@ class Archive:
         self._failing_since: float | None = None
         self._last_fail_log = 0.0
         self._fails_unlogged = 0
+        #: A name for this archive that survives restarts (a uuid kept in
+        #: the meta table), so subscribers can tell one relay's sequence
+        #: from another's.  Set by L{start}.
+        self.identity: str | None = None
+        #: The highest seq_id known to be committed (L{None}: empty archive).
+        self.committed_seq: int | None = None
 
     @classmethod
     def from_config(
@@ -562,7 +569,7 @@ class Archive:
         self._writer_pool = self._pool("fedmsg-archive-writer", 1)
         self._reader_pool = self._pool("fedmsg-archive-reader", self._readers)
         try:
-            self.writable, latest = await self._on_writer(self._open_writer)
+            self.writable, latest, self.identity = await self._on_writer(self._open_writer)
         except BaseException as e:
             self._starting = False
             waiting, self._pending = self._pending, []
@@ -575,6 +582,8 @@ class Archive:
             raise
         self._starting = False
         self.running = True
+        if latest is not None:
+            self.committed_seq = max(latest, self.committed_seq or 0)
         if not self.writable:
             log.critical(
                 "Archive {url} is read-only: messages will not be archived "
@@ -589,11 +598,12 @@ class Archive:
         if self._pending:
             self._flush()
 
-    def _open_writer(self) -> tuple[bool, int | None]:
+    def _open_writer(self) -> tuple[bool, int | None, str]:
         conn = self._backend.connect(writer=True)
         try:
             writable = self._backend.init_schema(conn)
             (latest,) = conn.execute("SELECT max(seq_id) FROM fedmsg_archive").fetchone()
+            identity = self._identity(conn, writable)
         except _ReadOnly:
             conn.close()
             self._backend.read_only = True  # type: ignore[attr-defined]
@@ -602,7 +612,34 @@ class Archive:
             conn.close()
             raise
         self._writer_conn = conn
-        return writable, latest
+        return writable, latest, identity
+
+    def _identity(self, conn: Any, writable: bool) -> str:
+        b = self._backend
+        select = b.sql("SELECT value FROM fedmsg_archive_meta WHERE key = ?")
+        row = conn.execute(select, ("archive_id",)).fetchone()
+        if row is None and writable:
+            try:
+                b.begin(conn)
+                conn.execute(
+                    b.sql(
+                        "INSERT INTO fedmsg_archive_meta (key, value) VALUES (?, ?)"
+                        " ON CONFLICT (key) DO NOTHING"
+                    ),
+                    ("archive_id", uuid.uuid4().hex),
+                )
+                conn.execute("COMMIT")
+            except Exception:
+                try:
+                    conn.execute("ROLLBACK")
+                except Exception:
+                    pass
+            row = conn.execute(select, ("archive_id",)).fetchone()
+        if row is None:
+            # A read-only archive that never had one: derive it from the
+            # location, which is stable too.
+            return uuid.uuid5(uuid.NAMESPACE_URL, self.url).hex
+        return str(row[0])
 
     def stop(self) -> defer.Deferred:
         """
@@ -749,6 +786,8 @@ class Archive:
                     failed=self.counters["failed"],
                 )
                 self._failing_since = None
+            if result:
+                self.committed_seq = max(max(result), self.committed_seq or 0)
             for p, stored in zip(batch, result):
                 self.counters["duplicates" if stored.duplicate else "stored"] += 1
                 p.d.callback(stored)
@@ -995,6 +1034,65 @@ class Archive:
             )
             for r in rows
         ]
+
+    def index(
+        self,
+        *,
+        seq_ids: Iterable[int] | None = None,
+        seq_id_range: tuple[int, int] | None = None,
+        msg_ids: Iterable[str] | None = None,
+        time_range: tuple[float, float] | None = None,
+        topics: Iterable[str] | None = None,
+        limit: int | None = None,
+    ) -> defer.Deferred:
+        """
+        C{(seq_id, msg_id)} of the messages matching any of the selectors
+        (OR-ed) and, when C{topics} is given, whose topic starts with one of
+        those prefixes; in seq_id order, at most C{limit}.  No bodies: this is
+        what a subscriber compares with what it already has.
+        """
+        b = self._backend
+        clauses: list[str] = []
+        params: list[Any] = []
+        if seq_ids is not None:
+            ids = [int(i) for i in seq_ids]
+            if ids:
+                c, p = b.in_clause("seq_id", ids)
+                clauses.append(c)
+                params += p
+            else:
+                clauses.append("1 = 0")
+        if seq_id_range is not None:
+            clauses.append("seq_id BETWEEN ? AND ?")
+            params += [int(seq_id_range[0]), int(seq_id_range[1])]
+        if msg_ids is not None:
+            mids = [str(m) for m in msg_ids]
+            if mids:
+                c, p = b.in_clause("msg_id", mids)
+                clauses.append(c)
+                params += p
+            else:
+                clauses.append("1 = 0")
+        if time_range is not None:
+            clauses.append("timestamp BETWEEN ? AND ?")
+            params += [float(time_range[0]), float(time_range[1])]
+        where = " OR ".join(f"({c})" for c in clauses) or "1 = 1"
+        prefixes = [str(t) for t in (topics or ())]
+        if prefixes and "" not in prefixes:
+            where = f"({where}) AND (" + " OR ".join(
+                "substr(topic, 1, ?) = ?" for _ in prefixes
+            ) + ")"
+            for t in prefixes:
+                params += [len(t), t]
+        sql = f"SELECT seq_id, msg_id FROM fedmsg_archive WHERE {where} ORDER BY seq_id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+
+        def select() -> list[tuple[int, str | None]]:
+            return [(r[0], r[1]) for r in self._reader().execute(b.sql(sql), params).fetchall()]
+
+        return self._on_reader(select)
 
     def latest_seq(self) -> defer.Deferred:
         """

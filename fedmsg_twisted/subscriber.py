@@ -17,7 +17,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from fedmsg_twisted import encoding
+from fedmsg_twisted import encoding, heal
 from fedmsg_twisted.stats import Counters
 
 log = Logger(namespace="fedmsg_twisted.subscriber")
@@ -59,6 +59,7 @@ class SubscriberService(Service):
         endpoints: Mapping[str, Iterable[str]] | None = None,
         reactor: Any = None,
         factory: Any = None,
+        since: tuple[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.callback = callback
@@ -76,6 +77,21 @@ class SubscriberService(Service):
         self._pending: defer.Deferred | None = None
         self.counters = Counters()
         self.last_message_at: float | None = None
+        self.max_size = self._max_size
+        #: Gap healing from relay archives (L{fedmsg_twisted.heal}), unless
+        #: the config's C{heal} is off.
+        self.healer: Any = None
+        if config.get("heal", True):
+            from fedmsg_twisted.heal import Healer
+
+            self.healer = Healer(self, config, self.topics, since=since)
+        self._socket_topics = self.topics
+        if self.healer is not None:
+            from fedmsg_twisted.heal import heartbeat_topic
+
+            hb = heartbeat_topic(config)
+            if not any(hb.startswith(t) for t in self.topics):
+                self._socket_topics = self.topics + (hb,)
 
     # -- IService -------------------------------------------------------------
 
@@ -105,10 +121,15 @@ class SubscriberService(Service):
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
+        waits = []
+        if self.healer is not None:
+            waits.append(self.healer.stop())
         pending, self._pending = self._pending, None
         if pending is not None:
-            return pending
-        return defer.succeed(None)
+            waits.append(pending)
+        if not waits:
+            return defer.succeed(None)
+        return defer.DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
 
     # -- endpoints that change at run time (DNS discovery) -----------------------
 
@@ -135,7 +156,7 @@ class SubscriberService(Service):
         sock = fzmq.SubSocket(
             factory,
             lambda frames: self.frames_received(name, address, frames),
-            self.topics,
+            self._socket_topics,
             fzmq.subscriber_options(self.config),
         )
         try:
@@ -166,10 +187,30 @@ class SubscriberService(Service):
                 detail=e.detail[:200],
             )
             return
+        if heal.is_heartbeat(topic):
+            # The relay's own signal, never the application's.
+            self.counters.incr("heartbeats")
+            if self.healer is not None:
+                self.healer.heartbeat(name, endpoint, envelope)
+            return
         if self.config["zmq_strict"] and topic not in self.topics and "" not in self.topics:
             self.counters.incr("dropped", "not-subscribed")
             return
         self.last_message_at = self._reactor.seconds()
+        if self.healer is not None:
+            # With a validator, a forged copy of a delivered message must
+            # still be rejected (and counted as such): dedup after validation.
+            if self.validator is None and self.healer.is_duplicate(envelope):
+                self.counters.incr("duplicates")
+                return
+            if self.healer.hold(name, endpoint, topic, envelope):
+                return
+        self.deliver_live(name, endpoint, topic, envelope)
+
+    def deliver_live(self, name: str, endpoint: str, topic: str, envelope: dict) -> None:
+        """
+        Validate and deliver one message, in order of arrival.
+        """
         if self._pending is None:
             if self.validator is None:
                 self._deliver(name, endpoint, topic, envelope)
@@ -193,6 +234,22 @@ class SubscriberService(Service):
             return result
 
         d.addBoth(done)
+
+    def deliver_healed(self, name: str, endpoint: str, topic: str, envelope: dict) -> defer.Deferred:
+        """
+        Validate and deliver a message fetched from an archive; fires once
+        it has been handed to the application (or rejected).
+        """
+        if self.config["zmq_strict"] and topic not in self.topics and "" not in self.topics:
+            return defer.succeed(None)
+        verdict = self._validate_now(envelope) if self.validator is not None else None
+        if self.validator is None or verdict is not None:
+            self._after_validation(verdict, name, endpoint, topic, envelope)
+            return defer.succeed(None)
+        d = defer.maybeDeferred(self._validate, envelope)
+        d.addCallback(self._after_validation, name, endpoint, topic, envelope)
+        d.addErrback(lambda f: log.failure("Validation failed unexpectedly", f))
+        return d
 
     def _validate_now(self, envelope: dict) -> Any:
         """
@@ -225,6 +282,8 @@ class SubscriberService(Service):
         self._deliver(name, endpoint, topic, envelope)
 
     def _deliver(self, name: str, endpoint: str, topic: str, envelope: dict) -> None:
+        if self.healer is not None and not self.healer.first_delivery(envelope):
+            return
         self.counters.incr("delivered")
         try:
             result = self.callback(name, endpoint, topic, envelope)

@@ -6,6 +6,7 @@ C{fedmsg-tail}: watch the bus.
     fedmsg-tail --really-pretty       # coloured, indented JSON
     fedmsg-tail --terse               # one human sentence per message
     fedmsg-tail --json --count 10     # ten compact envelopes, for scripts
+    fedmsg-tail --since 2026-11-27T18:00  # the archived backlog, then live
 """
 
 from __future__ import annotations
@@ -42,8 +43,33 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--validate", dest="validate", action="store_true", default=None, help="show only messages whose signature validates")
     val.add_argument("--no-validate", dest="validate", action="store_false", help="do not validate signatures")
     p.add_argument("--count", type=int, metavar="N", help="exit 0 after N messages")
+    p.add_argument("--verbose", action="store_true",
+                   help="log healing and connection events to stderr (warnings always are)")
+    p.add_argument("--since", metavar="TIME|MSG_ID",
+                   help="first print what the relay archived since TIME (epoch seconds or ISO 8601, "
+                        "e.g. 2026-11-27T18:00:00+00:00) or since the message MSG_ID, then go live "
+                        "(needs a relay with an archive and replay endpoint; capped by catchup_max)")
     add_common_arguments(p)
     return p
+
+
+def parse_since(value: str) -> tuple[str, Any]:
+    """
+    C{("time", epoch)} for a number or an ISO 8601 time, else C{("msg_id", value)}.
+    """
+    import datetime
+
+    try:
+        return ("time", float(value))
+    except ValueError:
+        pass
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        return ("msg_id", value)
+    if when.tzinfo is None:
+        when = when.astimezone()  # local time, as the user typed it
+    return ("time", when.timestamp())
 
 
 def _compile(flag: str, pattern: str) -> re.Pattern:
@@ -125,6 +151,26 @@ def formatter(args: argparse.Namespace, config: Any) -> Callable[[str, dict], st
     return lambda topic, msg: f"{topic} {json.dumps(strip_credentials(msg), sort_keys=True, ensure_ascii=False)}"
 
 
+def _log_to_stderr(verbose: bool) -> None:
+    """
+    Warnings (a catch-up that skipped messages, a relay that cannot be
+    healed from) go to stderr, never mixed with the messages on stdout.
+    """
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    level = LogLevel.info if verbose else LogLevel.warn
+    observer = FilteringLogObserver(
+        textFileLogObserver(sys.stderr), [LogLevelFilterPredicate(defaultLogLevel=level)]
+    )
+    globalLogBeginner.beginLoggingTo([observer], discardBuffer=True, redirectStandardIO=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.count is not None and args.count < 1:
@@ -135,8 +181,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(PROG, args, extra)
     fmt = formatter(args, cfg)
     topics = args.topic or [""]
+    since = parse_since(args.since) if args.since else None
+    if since is not None and not cfg["heal"]:
+        fail(PROG, "--since needs heal = true in the config")
 
     from twisted.internet import defer, task
+
+    _log_to_stderr(args.verbose)
 
     def run(reactor: Any) -> defer.Deferred:
         from fedmsg_twisted.subscriber import SubscriberService
@@ -162,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             from fedmsg_twisted.crypto import Validator
 
             validator = Validator.from_config(cfg)
-        sub = SubscriberService(cfg, on_message, topics, validator=validator)
+        sub = SubscriberService(cfg, on_message, topics, validator=validator, since=since)
         sub.startService()
         reactor.addSystemEventTrigger("before", "shutdown", sub.stopService)
         return done

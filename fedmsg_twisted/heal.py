@@ -1,0 +1,527 @@
+# -*- test-case-name: tests.test_heal -*-
+"""
+Gap healing: subscribers get every message they missed, once, from the
+relay's archive (see docs/healing.rst).
+
+The relay never changes a message (signatures must stay valid for fedmsg
+peers), so live messages carry no sequence number.  Instead the relay
+publishes a I{heartbeat}, an unsigned envelope on
+C{<topic_prefix>.<environment>.relay._heartbeat} that is not archived::
+
+    {"relay": <archive identity>, "seq": <highest committed seq_id>,
+     "replay": <replay endpoint address or null>}
+
+The relay forwards a message before it archives it, so by the time a
+heartbeat says C{seq = S}, every message numbered up to S has already been
+written to the outbound socket, ahead of the heartbeat.  A subscriber that
+has everything up to C{known} and hears C{S > known} asks the replay
+endpoint for the I{index} (seq_id, msg_id) of C{(known, S]} on its topics,
+compares it with the msg_ids it delivered, fetches only the missing ones by
+seq_id, delivers them in seq_id order and moves C{known} to S.  Live
+messages are de-duplicated by msg_id (a bounded LRU), so a message a
+publisher resent, or one healed and then received live, is delivered once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit
+
+from twisted.application.service import Service
+from twisted.internet import defer, task, threads
+from twisted.logger import Logger
+
+from fedmsg_twisted import encoding
+from fedmsg_twisted.envelope import Envelopes
+
+log = Logger(namespace="fedmsg_twisted.heal")
+
+__all__ = [
+    "Healer",
+    "RelayHeartbeat",
+    "get_index",
+    "heartbeat_topic",
+    "is_heartbeat",
+]
+
+HEARTBEAT_SUFFIX = ".relay._heartbeat"
+DEFAULT_PAGE = 500
+DEFAULT_MAX = 10000
+DEFAULT_DEDUP = 100000
+#: msg_ids kept in the state file (delivered past the last saved C{known}).
+STATE_DELIVERED = 10000
+
+
+def heartbeat_topic(config: Mapping[str, Any]) -> str:
+    return f"{config['topic_prefix']}.{config['environment']}{HEARTBEAT_SUFFIX}"
+
+
+def is_heartbeat(topic: str) -> bool:
+    return topic.endswith(HEARTBEAT_SUFFIX)
+
+
+# -- the relay side ----------------------------------------------------------------
+
+
+class RelayHeartbeat(Service):
+    """
+    Publishes the relay's heartbeat every C{heartbeat_interval} seconds on
+    its outbound socket, once the archive is open.
+
+    @param replay_address: the relay's replay endpoint, announced so that
+        subscribers need no C{replay_endpoints} entry for it.
+    """
+
+    name = "heartbeat"
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        relay: Any,
+        archive: Any,
+        replay_address: str | None = None,
+        clock: Any = None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock  # noqa: F811
+        self.config = config
+        self.relay = relay
+        self.archive = archive
+        self.replay_address = replay_address
+        self.interval = float(config.get("heartbeat_interval", 1.0))
+        self._clock = clock
+        self._envelopes = Envelopes(config)
+        self._loop: task.LoopingCall | None = None
+        self.sent = 0
+
+    def startService(self) -> None:
+        super().startService()
+        if self.interval <= 0:
+            return
+        self._loop = task.LoopingCall(self.beat)
+        self._loop.clock = self._clock
+        self._loop.start(self.interval, now=False).addErrback(
+            lambda f: log.failure("The relay heartbeat stopped", f)
+        )
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def envelope(self) -> dict | None:
+        """
+        The heartbeat to send now, or None while the archive is not open.
+        """
+        if self.archive.identity is None:
+            return None
+        return self._envelopes.make(
+            topic="_heartbeat",
+            modname="relay",
+            msg={
+                "relay": self.archive.identity,
+                "seq": self.archive.committed_seq or 0,
+                "replay": self.replay_address,
+            },
+        )
+
+    def beat(self) -> None:
+        env = self.envelope()
+        if env is None:
+            return
+        frames = [env["topic"].encode("utf-8"), encoding.dumps_bytes(env)]
+        if self.relay.send_control(frames):
+            self.sent += 1
+
+
+# -- the subscriber side -----------------------------------------------------------
+
+
+class ReplayUnavailable(Exception):
+    """
+    The replay endpoint did not answer usefully; healing retries later.
+    """
+
+
+async def _request(address: str, query: Mapping[str, Any], timeout: float) -> list[bytes]:
+    from fedmsg_twisted import zmq_reqrep
+    from fedmsg_twisted.replay import NO_MATCH
+
+    try:
+        frames = await zmq_reqrep.request(
+            zmq_reqrep.default_factory(), address, [encoding.dumps_bytes(dict(query))], timeout
+        )
+    except zmq_reqrep.RequestTimeout:
+        raise ReplayUnavailable(f"no reply from {address} within {timeout} s") from None
+    except OSError as e:
+        raise ReplayUnavailable(str(e)) from None
+    if len(frames) == 1 and frames[0].startswith(b"error: "):
+        if frames[0] == f"error: '{NO_MATCH}'".encode():
+            return []
+        raise ReplayUnavailable(f"{address}: {frames[0].decode('utf-8', 'replace')}")
+    return frames
+
+
+def get_index(
+    address: str, query: Mapping[str, Any], timeout: float = 2.0
+) -> defer.Deferred:
+    """
+    Our replay extension: C{[(seq_id, msg_id), ...]} for C{query} (fedmsg's
+    selectors plus C{topics} and C{limit}), in seq_id order.
+    """
+
+    async def run() -> list[tuple[int, str | None]]:
+        out = []
+        for frame in await _request(address, {**query, "fields": "index"}, timeout):
+            try:
+                seq, mid = json.loads(frame)
+                out.append((int(seq), mid if isinstance(mid, str) else None))
+            except (ValueError, TypeError):
+                raise ReplayUnavailable(f"{address}: not an index frame: {frame[:80]!r}") from None
+        return out
+
+    return defer.Deferred.fromCoroutine(run())
+
+
+class _LRU:
+    """
+    The msg_ids delivered lately, at most C{size}.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = max(1, size)
+        self._d: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._d
+
+    def add(self, key: str) -> None:
+        self._d[key] = None
+        self._d.move_to_end(key)
+        while len(self._d) > self.size:
+            self._d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def last(self, n: int) -> list[str]:
+        keys = list(self._d)
+        return keys[-n:]
+
+
+class _Relay:
+    """
+    What we know about one relay (one archive identity).
+    """
+
+    def __init__(self, identity: str, known: int | None) -> None:
+        self.identity = identity
+        self.known = known
+        self.target = known
+        self.replay: str | None = None
+        self.name = ""
+        self.endpoint = ""
+        self.busy = False
+        self.held: list[tuple[str, str, str, dict]] = []
+        self.since_resolved = False
+
+
+def _fix_host(replay: str, endpoint: str) -> str:
+    # A relay announcing tcp://*:port or 0.0.0.0 means "my host".
+    try:
+        r, e = urlsplit(replay), urlsplit(endpoint)
+    except ValueError:
+        return replay
+    if r.scheme == "tcp" and r.hostname in ("*", "0.0.0.0", "::") and e.hostname:
+        return f"tcp://{e.hostname}:{r.port}"
+    return replay
+
+
+class Healer:
+    """
+    The subscriber's half of healing; owned by a
+    L{fedmsg_twisted.subscriber.SubscriberService}.
+
+    @param since: for C{fedmsg-tail --since}: C{("time", epoch)} or
+        C{("msg_id", id)}: the first heartbeat from a relay starts the
+        catch-up there instead of at the relay's current sequence.
+    @ivar counters: the service's counters: C{healed}, C{duplicates},
+        C{heal-skipped}, C{heal-failed}, C{held}, C{held-overflow}.
+    """
+
+    def __init__(
+        self,
+        service: Any,
+        config: Mapping[str, Any],
+        topics: Iterable[str],
+        since: tuple[str, Any] | None = None,
+    ) -> None:
+        self.service = service
+        self.config = config
+        self.topics = [t for t in topics]
+        self.page = max(1, int(config.get("catchup_page", DEFAULT_PAGE)))
+        self.max = int(config.get("catchup_max", DEFAULT_MAX))
+        self.timeout = float(config.get("timeout", 2))
+        self.state_file = config.get("subscriber_state_file")
+        self.since = since
+        self.delivered = _LRU(int(config.get("heal_dedup_size", DEFAULT_DEDUP)))
+        self.relays: dict[str, _Relay] = {}
+        self.counters = service.counters
+        self._saved: dict[str, int] = {}
+        self._saving = False
+        self._save_again = False
+        self._tasks: set[defer.Deferred] = set()
+        self.stopped = False
+        if self.state_file:
+            self._saved = self._load()
+
+    # -- state file ----------------------------------------------------------------
+
+    def _load(self) -> dict[str, int]:
+        # Read once at start-up, before the reactor has work to do.
+        try:
+            with open(self.state_file, "rb") as f:
+                data = json.loads(f.read(1 << 20))
+            relays = data.get("relays", {})
+            for mid in data.get("delivered", [])[-self.delivered.size :]:
+                if isinstance(mid, str):
+                    self.delivered.add(mid)
+            return {str(k): int(v) for k, v in relays.items() if isinstance(v, int)}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError, TypeError) as e:
+            log.error(
+                "Ignoring the unreadable subscriber state file {path}: {error}",
+                path=self.state_file,
+                error=e,
+            )
+            return {}
+
+    def _save(self) -> None:
+        if not self.state_file:
+            return
+        if self._saving:
+            self._save_again = True
+            return
+        self._saving = True
+        data = dict(self._saved)
+        data.update({r.identity: r.known for r in self.relays.values() if r.known is not None})
+        self._saved = data
+        path = self.state_file
+        # The msg_ids delivered lately, so that a restarted subscriber does not
+        # deliver again what it had delivered past its last C{known}.
+        recent = self.delivered.last(STATE_DELIVERED)
+
+        def write() -> None:
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"relays": data, "delivered": recent}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+
+        def done(result: Any) -> None:
+            self._saving = False
+            if isinstance(result, Exception) or hasattr(result, "value"):
+                self.counters.incr("state-save-failed")
+                log.error("Cannot save {path}: {error}", path=path, error=getattr(result, "value", result))
+            if self._save_again:
+                self._save_again = False
+                self._save()
+
+        d = threads.deferToThread(write)
+        d.addBoth(done)
+        self._track(d)
+
+    def _track(self, d: defer.Deferred) -> None:
+        self._tasks.add(d)
+        d.addBoth(lambda r: (self._tasks.discard(d), r)[1])
+
+    def stop(self) -> defer.Deferred:
+        """
+        Stop healing and save the state file; fires when it is written.
+        """
+        self.stopped = True
+        for r in self.relays.values():
+            r.held.clear()
+        self._save()
+
+        async def wait() -> None:
+            while self._tasks:
+                await defer.DeferredList(list(self._tasks), consumeErrors=True)
+
+        return defer.Deferred.fromCoroutine(wait())
+
+    # -- live messages -------------------------------------------------------------
+
+    def is_duplicate(self, envelope: Mapping[str, Any]) -> bool:
+        mid = envelope.get("msg_id")
+        return isinstance(mid, str) and mid in self.delivered
+
+    def first_delivery(self, envelope: Mapping[str, Any]) -> bool:
+        """
+        Record a delivery; False if this msg_id was delivered already.
+        """
+        mid = envelope.get("msg_id")
+        if not isinstance(mid, str):
+            return True
+        if mid in self.delivered:
+            self.counters.incr("duplicates")
+            return False
+        self.delivered.add(mid)
+        return True
+
+    def hold(self, name: str, endpoint: str, topic: str, envelope: dict) -> bool:
+        """
+        Keep a live message while this endpoint's relay is catching up, so
+        the backlog comes first.  False: deliver it now.
+        """
+        for r in self.relays.values():
+            if r.busy and r.endpoint == endpoint and r.name == name:
+                if len(r.held) >= max(self.max, self.page):
+                    # Not delivered and not recorded: its seq_id is above the
+                    # catch-up's target, so the next heartbeat heals it.
+                    self.counters.incr("held-overflow")
+                    return True
+                r.held.append((name, endpoint, topic, envelope))
+                self.counters.incr("held")
+                return True
+        return False
+
+    # -- heartbeats ----------------------------------------------------------------
+
+    def heartbeat(self, name: str, endpoint: str, envelope: Mapping[str, Any]) -> None:
+        msg = envelope.get("msg")
+        if not isinstance(msg, Mapping):
+            return
+        identity, seq, replay = msg.get("relay"), msg.get("seq"), msg.get("replay")
+        if not isinstance(identity, str) or isinstance(seq, bool) or not isinstance(seq, int):
+            self.counters.incr("dropped", "bad-heartbeat")
+            return
+        if not isinstance(replay, str) or not replay:
+            replay = (self.config.get("replay_endpoints") or {}).get(name)
+        if not replay:
+            return  # nothing to heal from
+        relay = self.relays.get(identity)
+        if relay is None:
+            relay = self.relays[identity] = _Relay(identity, self._saved.get(identity))
+            if relay.known is None and self.since is None:
+                relay.known = relay.target = seq
+                log.info("Healing from relay {id} at {ep}, starting at seq_id {seq}", id=identity, ep=endpoint, seq=seq)
+                self._save()
+        relay.replay = _fix_host(replay, endpoint)
+        relay.name, relay.endpoint = name, endpoint
+        if relay.known is not None and seq < relay.known:
+            log.warn(
+                "Relay {id} went back from seq_id {known} to {seq} (archive replaced?); following it",
+                id=identity,
+                known=relay.known,
+                seq=seq,
+            )
+            relay.known = relay.target = seq
+            self._save()
+            return
+        relay.target = max(seq, relay.target or 0)
+        if not relay.busy and (relay.known is None or relay.target > relay.known):
+            relay.busy = True
+            d = defer.Deferred.fromCoroutine(self._catch_up(relay))
+            d.addErrback(lambda f: log.failure("Healing failed unexpectedly", f))
+            self._track(d)
+
+    async def _start_point(self, relay: _Relay) -> None:
+        kind, value = self.since  # type: ignore[misc]
+        if kind == "msg_id":
+            index = await get_index(relay.replay, {"msg_id": value}, self.timeout)
+        else:
+            index = await get_index(
+                relay.replay, {"time": [float(value), 1e15], "limit": 1}, self.timeout
+            )
+        if index:
+            relay.known = index[0][0] - 1
+        else:
+            relay.known = relay.target
+            log.warn("Nothing archived since {since!r}; going live", since=value)
+
+    async def _catch_up(self, relay: _Relay) -> None:
+        try:
+            if relay.known is None:
+                await self._start_point(relay)
+            while not self.stopped and relay.target is not None and relay.target > relay.known:
+                await self._catch_up_to(relay, relay.target)
+        except ReplayUnavailable as e:
+            self.counters.incr("heal-failed")
+            log.warn(
+                "Cannot heal from relay {id} yet (retrying at its next heartbeat): {error}",
+                id=relay.identity,
+                error=e,
+            )
+        finally:
+            relay.busy = False
+            held, relay.held = relay.held, []
+            for args in held:
+                if not self.stopped:
+                    self.service.deliver_live(*args)
+
+    async def _catch_up_to(self, relay: _Relay, hi: int) -> None:
+        lo = relay.known
+        if hi - lo > self.max:
+            skipped_to = hi - self.max
+            self.counters.incr("heal-skipped", n=skipped_to - lo)
+            log.warn(
+                "Catch-up from relay {id} capped at {max} seq_ids (catchup_max): skipping "
+                "seq_ids {a}..{b} (at most {n} messages); fetch them with fedmsg-tail --since "
+                "or the replay endpoint {replay} if needed",
+                id=relay.identity,
+                max=self.max,
+                a=lo + 1,
+                b=skipped_to,
+                n=skipped_to - lo,
+                replay=relay.replay,
+            )
+            lo = relay.known = skipped_to
+        cursor = lo
+        while cursor < hi and not self.stopped:
+            index = await get_index(
+                relay.replay,
+                {"seq_id_range": [cursor + 1, hi], "topics": self.topics, "limit": self.page},
+                self.timeout,
+            )
+            missing = [seq for seq, mid in index if mid is not None and mid not in self.delivered]
+            if missing:
+                await self._fetch(relay, missing)
+            if len(index) < self.page:
+                cursor = hi
+            else:
+                cursor = index[-1][0]
+            relay.known = cursor
+            self._save()
+
+    async def _fetch(self, relay: _Relay, seqs: list[int]) -> None:
+        frames = await _request(relay.replay, {"seq_ids": seqs}, self.timeout)
+        log.info(
+            "Healing {n} missed messages from relay {id} (seq_ids {a}..{b})",
+            n=len(frames),
+            id=relay.identity,
+            a=seqs[0],
+            b=seqs[-1],
+        )
+        for frame in frames:
+            if self.stopped:
+                return
+            try:
+                envelope = encoding.decode_body(frame, max_size=self.service.max_size)
+            except encoding.DecodeError as e:
+                self.counters.incr("dropped", e.reason)
+                continue
+            topic = envelope.get("topic")
+            if not isinstance(topic, str):
+                self.counters.incr("dropped", "no-topic")
+                continue
+            if self.is_duplicate(envelope):
+                continue
+            self.counters.incr("healed")
+            await self.service.deliver_healed(relay.name, relay.endpoint, topic, envelope)

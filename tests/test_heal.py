@@ -1,0 +1,195 @@
+"""
+Gap healing in one process, over real loopback sockets: a relay with its
+archive, replay endpoint and heartbeat; subscribers that miss messages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+from fedmsg_twisted import config
+from fedmsg_twisted.heal import RelayHeartbeat, get_index, heartbeat_topic
+from fedmsg_twisted.publisher import PublisherService
+from fedmsg_twisted.relay import RelayService
+from fedmsg_twisted.replay import ReplayService, parse_query
+from fedmsg_twisted.store import Archive, ArchiveService
+from fedmsg_twisted.subscriber import SubscriberService
+from tests.util import free_port, sleep, tcp, wait_for
+
+
+def heal_config(**extra):
+    values = {
+        "relay_inbound": [tcp(free_port())],
+        "endpoints": {"relay_outbound": [tcp(free_port())]},
+        "replay_endpoints": {"relay_outbound": tcp(free_port())},
+        "post_init_sleep": 5.0,
+        "timeout": 5.0,
+        "heartbeat_interval": 0.1,
+        "archive_batch_interval": 0.01,
+    }
+    values.update(extra)
+    return config.from_dict(values)
+
+
+class HealTestCase(unittest.TestCase):
+    def start(self, service):
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    async def relay(self, cfg, path=None):
+        """
+        What twistd fedmsg-relay runs, in this process.
+        """
+        archive = Archive(path or os.path.abspath(self.mktemp()), batch_interval=0.01)
+        svc = ArchiveService(archive)
+        self.start(svc)
+        await svc.started
+        relay = RelayService(cfg)
+        relay.add_sink(archive.add)
+        replay = ReplayService.from_config(cfg, archive, name="relay_outbound")
+        self.start(replay)
+        self.start(relay)
+        hb = self.start(RelayHeartbeat(cfg, relay, archive, replay.address))
+        return relay, archive, hb
+
+    def subscriber(self, cfg, topics=("",), **kw):
+        got = []
+        sub = self.start(SubscriberService(cfg, lambda *a: got.append(a), topics, **kw))
+        return sub, got
+
+    async def publisher(self, cfg):
+        pub = self.start(PublisherService(cfg, name="relay_inbound"))
+        await wait_for(pub.has_subscriber, what="relay subscription")
+        return pub
+
+
+def logs(got):
+    return [g[3]["msg"]["n"] for g in got]
+
+
+class ExtensionQueryTests(unittest.TestCase):
+    def test_parse(self):
+        q = parse_query(b'{"seq_id_range": [1, 5], "fields": "index", "topics": ["a.b"], "limit": 3}')
+        self.assertEqual((q.index, q.topics, q.limit, q.seq_id_range), (True, ("a.b",), 3, (1, 5)))
+
+    def test_errors(self):
+        for raw, text in [
+            (b'{"fields": "index"}', "Empty query"),
+            (b'{"seq_id": 1, "fields": "all"}', 'Ill-format "fields"'),
+            (b'{"seq_id": 1, "topics": [1]}', 'Ill-format "topics"'),
+            (b'{"seq_id": 1, "limit": 0}', 'Ill-format "limit"'),
+        ]:
+            with self.assertRaises(ValueError) as cm:
+                parse_query(raw)
+            self.assertIn(text, str(cm.exception))
+
+
+class HealTests(HealTestCase):
+    async def test_heartbeat_not_archived_not_delivered(self):
+        cfg = heal_config()
+        relay, archive, hb = await self.relay(cfg)
+        sub, got = self.subscriber(cfg, topics=("org.fedoraproject.dev.x",))
+        pub = await self.publisher(cfg)
+        await wait_for(lambda: sub.counters.get("heartbeats") >= 2, what="heartbeats")
+        await pub.publish(topic="t", modname="x", msg={"n": 1})
+        await wait_for(lambda: len(got) == 1, what="message")
+        await archive.flush()
+        self.assertEqual(await archive.count(), 1)
+        self.assertEqual([g[2] for g in got], ["org.fedoraproject.dev.x.t"])
+        self.assertEqual(len(sub.healer.relays), 1)
+        self.assertEqual(list(sub.healer.relays), [archive.identity])
+
+    async def test_index_extension(self):
+        cfg = heal_config()
+        relay, archive, hb = await self.relay(cfg)
+        pub = await self.publisher(cfg)
+        sent = []
+        for n in range(6):
+            sent.append(await pub.publish(topic="t", modname="a" if n % 2 else "b", msg={"n": n}))
+        await wait_for(lambda: (archive.committed_seq or 0) >= 6, what="archived")
+        address = cfg["replay_endpoints"]["relay_outbound"]
+        index = await get_index(address, {"seq_id_range": [1, 6], "topics": ["org.fedoraproject.dev.a"]})
+        self.assertEqual(index, [(2, sent[1]["msg_id"]), (4, sent[3]["msg_id"]), (6, sent[5]["msg_id"])])
+        page = await get_index(address, {"seq_id_range": [1, 6], "limit": 2})
+        self.assertEqual([s for s, _ in page], [1, 2])
+
+    async def test_missed_while_disconnected_healed_once(self):
+        cfg = heal_config()
+        relay, archive, hb = await self.relay(cfg)
+        out = cfg["endpoints"]["relay_outbound"][0]
+        sub, got = self.subscriber(cfg)
+        pub = await self.publisher(cfg)
+        await wait_for(lambda: sub.healer.relays, what="first heartbeat")
+        for n in range(5):
+            await pub.publish(topic="t", modname="m", msg={"n": n})
+        await wait_for(lambda: len(got) == 5, what="live messages")
+        sub.remove_endpoint("relay_outbound", out)
+        for n in range(5, 15):
+            await pub.publish(topic="t", modname="m", msg={"n": n})
+        await wait_for(lambda: (archive.committed_seq or 0) >= 15, what="archived")
+        sub.add_endpoint("relay_outbound", out)
+        await wait_for(lambda: relay.has_subscriber(), what="resubscription")
+        for n in range(15, 20):
+            await pub.publish(topic="t", modname="m", msg={"n": n})
+        await wait_for(lambda: sorted(logs(got)) == list(range(20)), what="healed")
+        # One more heartbeat round: nothing delivered twice.
+        beats = sub.counters.get("heartbeats")
+        await wait_for(lambda: sub.counters.get("heartbeats") >= beats + 3, what="heartbeats")
+        self.assertEqual(sorted(logs(got)), list(range(20)))
+        self.assertEqual(sub.counters.get("healed"), 10, repr(sub.counters))
+
+    async def test_catchup_capped_and_paged(self):
+        cfg = heal_config(catchup_max=6, catchup_page=2)
+        relay, archive, hb = await self.relay(cfg)
+        out = cfg["endpoints"]["relay_outbound"][0]
+        sub, got = self.subscriber(cfg)
+        pub = await self.publisher(cfg)
+        await wait_for(lambda: sub.healer.relays, what="first heartbeat")
+        sub.remove_endpoint("relay_outbound", out)
+        for n in range(10):
+            await pub.publish(topic="t", modname="m", msg={"n": n})
+        await wait_for(lambda: (archive.committed_seq or 0) >= 10, what="archived")
+        sub.add_endpoint("relay_outbound", out)
+        await wait_for(lambda: len(got) == 6, what="the newest six")
+        self.assertEqual(logs(got), [4, 5, 6, 7, 8, 9])
+        self.assertEqual(sub.counters.get("heal-skipped"), 4)
+
+    async def test_state_file_heals_across_restart(self):
+        state = os.path.abspath(self.mktemp())
+        cfg = heal_config(subscriber_state_file=state)
+        relay, archive, hb = await self.relay(cfg)
+        sub = SubscriberService(cfg, lambda *a: None)
+        sub.startService()
+        pub = await self.publisher(cfg)
+        await wait_for(lambda: os.path.exists(state), what="state file")
+        await sub.stopService()
+        for n in range(4):
+            await pub.publish(topic="t", modname="m", msg={"n": n})
+        await wait_for(lambda: (archive.committed_seq or 0) >= 4, what="archived")
+        sub2, got = self.subscriber(cfg)
+        await wait_for(lambda: len(got) == 4, what="healed after restart")
+        self.assertEqual(logs(got), [0, 1, 2, 3])
+        await wait_for(
+            lambda: json.load(open(state))["relays"].get(archive.identity) == 4, what="state saved"
+        )
+
+    async def test_since_prints_backlog_then_live(self):
+        cfg = heal_config()
+        relay, archive, hb = await self.relay(cfg)
+        pub = await self.publisher(cfg)
+        sent = [await pub.publish(topic="t", modname="m", msg={"n": n}) for n in range(5)]
+        await wait_for(lambda: (archive.committed_seq or 0) >= 5, what="archived")
+        sub, got = self.subscriber(cfg, since=("msg_id", sent[2]["msg_id"]))
+        await wait_for(lambda: relay.has_subscriber() and len(got) == 3, what="backlog")
+        for n in range(5, 8):
+            await pub.publish(topic="t", modname="m", msg={"n": n})
+        await wait_for(lambda: len(got) == 6, what="live")
+        self.assertEqual(logs(got), [2, 3, 4, 5, 6, 7])
+
+    async def test_heartbeat_topic(self):
+        self.assertEqual(heartbeat_topic(heal_config()), "org.fedoraproject.dev.relay._heartbeat")
