@@ -559,6 +559,10 @@ class BotProtocol(irc.IRCClient):
             if self._regain is not None and self._regain.running:
                 self._regain.stop()
             self._regain = None
+        else:
+            # Renamed by the server or services (e.g. to Guest12345).
+            log.warn("{net}: nickname changed to {nick}", net=self.settings.name, nick=nick)
+            self._start_regain()
 
     def userQuit(self, user: str, quitMessage: str) -> None:
         if user.lower() == self.wanted_nick.lower() and self.nickname.lower() != user.lower():

@@ -148,6 +148,19 @@ class RegistrationTests(unittest.TestCase):
         h.server(":fedbot!x@y QUIT :bye")
         self.assertEqual(h.sent(), ["NICK fedbot"])
 
+    def test_renamed_by_services_then_regained(self):
+        h = Harness(regain_interval=30, ping_interval=0)
+        h.welcome()
+        h.sent()
+        h.server(":fedbot!u@h NICK :Guest12345")
+        self.assertEqual(h.proto.nickname, "Guest12345")
+        self.assertEqual(h.sent(), ["NICK fedbot"])
+        h.clock.advance(30)
+        self.assertEqual(h.sent(), ["NICK fedbot"])
+        h.server(":Guest12345!u@h NICK :fedbot")
+        h.clock.advance(60)
+        self.assertEqual(h.sent(), [])
+
     def test_too_long_nick_is_shortened(self):
         h = Harness(nickname="averyverylongnick")
         h.sent()
