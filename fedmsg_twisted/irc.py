@@ -49,6 +49,9 @@ log = Logger(namespace="fedmsg_twisted.irc")
 #: IRC's limit on one line, CR LF included (RFC 1459 2.3).
 MAX_LINE = 512
 
+#: Seconds to wait for a channel's modes after joining before speaking.
+MODE_WAIT = 5.0
+
 #: Link shortener requests in flight per network; more messages keep long links.
 MAX_SHORTENING = 4
 
@@ -581,8 +584,16 @@ class BotProtocol(irc.IRCClient):
             return
         log.info("{net}: joined {channel}", net=self.settings.name, channel=c.name)
         self._rejoin_tries.pop(c.name.lower(), None)
-        self.joined_channels.add(c.name.lower())
-        self.sendLine(f"MODE {c.name}")  # learn +c before colouring anything
+        # Nothing is said before the channel's modes are known (+c means no
+        # colours); a server that does not answer MODE gets MODE_WAIT seconds.
+        self.sendLine(f"MODE {c.name}")
+        self._later(("mode", c.name.lower()), MODE_WAIT, self._ready_in, c.name.lower())
+
+    def _ready_in(self, key: str) -> None:
+        call = self._calls.pop(("mode", key), None)
+        if call is not None and call.active():
+            call.cancel()
+        self.joined_channels.add(key)
         self.network.wake()
 
     def left(self, channel: str) -> None:
@@ -591,6 +602,9 @@ class BotProtocol(irc.IRCClient):
     def irc_RPL_CHANNELMODEIS(self, prefix: str, params: list[str]) -> None:
         if len(params) >= 3:
             self._set_colour(params[1], "c" not in params[2])
+            key = params[1].lower()
+            if ("mode", key) in self._calls:
+                self._ready_in(key)
 
     def _set_colour(self, channel: str, allowed: bool) -> None:
         if allowed:

@@ -55,8 +55,10 @@ class Harness:
     def welcome(self, nick: str = "fedbot") -> None:
         self.server(f":irc.example.org 001 {nick} :Welcome", f":irc.example.org 005 {nick} NICKLEN=30 :are supported")
 
-    def join(self, channel: str = "#chan", nick: str = "fedbot") -> None:
+    def join(self, channel: str = "#chan", nick: str = "fedbot", modes: str = "+nt") -> None:
         self.server(f":{nick}!u@h JOIN {channel}")
+        if modes is not None:
+            self.server(f":irc.example.org 324 {nick} {channel} {modes}")
 
 
 class RegistrationTests(unittest.TestCase):
@@ -278,6 +280,30 @@ class QueueTests(unittest.TestCase):
         self.announce(h, env())
         h.clock.advance(1)
         self.assertEqual(h.sent(), ["NOTICE #chan :\x0307logger.log\x03 -- hi (u)"])
+
+    def test_nothing_said_before_modes_are_known(self):
+        """
+        After JOIN the bot waits for the channel's modes (324), so the very
+        first line in a +c channel is already plain; a server that never
+        answers MODE gets MODE_WAIT seconds.
+        """
+        h = Harness(make_pretty=True, channels=["#other"])
+        h.sent()
+        h.welcome()
+        self.announce(h, env())
+        h.join(modes=None)
+        h.clock.advance(1)
+        self.assertEqual(h.sent(), ["JOIN #chan", "JOIN #other", "MODE #chan"])
+        h.server(":s 324 fedbot #chan +ntc")
+        h.clock.advance(0)
+        self.assertEqual(h.sent(), ["NOTICE #chan :logger.log -- hi (u)"])
+        h.join("#other", modes=None)
+        h.clock.advance(irc.MODE_WAIT - 0.5)
+        self.assertEqual(h.sent(), ["MODE #other"])
+        self.assertNotIn("#other", h.proto.joined_channels)
+        h.clock.advance(0.5)
+        self.assertIn("#other", h.proto.joined_channels)
+        self.assertEqual(h.sent(), ["NOTICE #other :\x0307logger.log\x03 -- hi (u)"])
 
     def test_bounded_queue_drops_oldest_with_summary(self):
         h = Harness(queue_size=3, line_rate=2.0)
