@@ -375,10 +375,11 @@ class ServicesTests(ServerTestsMixin, unittest.TestCase):
         watcher.send(f"MODE {CHANNEL} +c")
         await wait_for(lambda: any(f" MODE {CHANNEL} " in l and l.endswith("+c") for l in watcher.lines), what="+c set")
         self.start_bot(make_pretty=True)
+        # Queued before the bot is even connected: the first line it says
+        # after joining must already know about +c.
+        await self.bot.announce(envelope("org.fedoraproject.dev.logger.log", {"log": "plain"}))
         await self.bot_in_channel(watcher)
         net = self.bot.networks[0]
-        await wait_for(lambda: CHANNEL in net.protocol.no_colour, what="+c learnt")
-        await self.bot.announce(envelope("org.fedoraproject.dev.logger.log", {"log": "plain"}))
         await wait_for(lambda: watcher.said(CHANNEL), what="a line")
         watcher.send(f"MODE {CHANNEL} -c")
         await wait_for(lambda: CHANNEL not in net.protocol.no_colour, what="-c learnt")
