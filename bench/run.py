@@ -598,7 +598,8 @@ def signed_publish_scenario(args):
 
 def signed_frames_file(ocfg, size, count, path):
     """
-    Pre-sign C{count} distinct envelopes (plus a signed probe) with our Signer.
+    Pre-sign C{count} distinct envelopes (plus a signed probe) with our Signer:
+    every msg_id unique, as subscribers drop duplicates.
     """
     from fedmsg_twisted import config as fconfig
     from fedmsg_twisted.crypto import Signer
@@ -607,7 +608,9 @@ def signed_frames_file(ocfg, size, count, path):
     cfg = fconfig.from_dict(dict(ocfg), strict=False)
     signer = Signer.from_config(cfg, name="bench")
     with open(path, "wb") as f:
-        probe = signer.sign(common.envelope({"sender": "signed-0"}, 0, common.PROBE_TOPIC))
+        probe_env = common.envelope({"sender": "signed-0"}, 0, common.PROBE_TOPIC)
+        probe_env["msg_id"] = "2026-signed-probe"
+        probe = signer.sign(probe_env)
         f.write(common.canonical(probe) + b"\n")
         for i in range(count):
             f.write(common.canonical(signer.sign(common.envelope(common.payload(size, i), i))) + b"\n")
@@ -627,7 +630,7 @@ def validated_receive_scenario(args):
     })
     for sname, size in SIZES.items():
         n = args.n(3000 if size < 1000 else 1500)
-        ff = signed_frames_file(ocfg, size, min(n, 500), os.path.join(WORK, f"signed-{sname}.jsonl"))
+        ff = signed_frames_file(ocfg, size, n, os.path.join(WORK, f"signed-{sname}.jsonl"))
         per = {"fedmsg-twisted SubscriberService + Validator": [], "raw RSA-2048 verify": [],
                "real fedmsg tail_messages (validate_signatures)": []}
         for run in range(args.runs):
@@ -778,7 +781,7 @@ def fanin_scenario(args):
 def memory_scenario(args):
     group = "memory: relay RSS, one subscriber SIGSTOPped"
     n = args.n(500000)
-    for hwm in (0, 10000):
+    for hwm in (0, -1):
         peaks, drops, results = [], [], []
         for run in range(args.runs):
             i, o = addr(), addr()
@@ -788,7 +791,7 @@ def memory_scenario(args):
                 receivers[1].stopped = True
 
             res = Run(
-                middles=[("relay", ours("relay", "--inbound", i, "--outbound", o, "--hwm", hwm))],
+                middles=[("relay", ours("relay", "--inbound", i, "--outbound", o, "--relay-hwm", hwm))],
                 receivers=[("sub", raw("sub", "--connect", o, "--n", n)),
                            ("stopped", raw("sub", "--connect", o, "--n", n, "--idle", 3))],
                 senders=[("pub", raw("pub", "--connect", i, "--n", n, "--size", 200))],
@@ -800,8 +803,8 @@ def memory_scenario(args):
             stopped = dict(res["receivers"])["stopped"]
             drops.append(stopped["expected"] - stopped["count"])
             results.append(res)
-        label = "unlimited (0, default)" if hwm == 0 else str(hwm)
-        record(group, f"high_water_mark {label}: peak RSS", peaks, "MB",
+        label = "0 (unlimited)" if hwm == 0 else "default (10000)"
+        record(group, f"relay_high_water_mark {label}: peak RSS", peaks, "MB",
                sum(lost(r, skip=("stopped",)) for r in results), [cpu_us(r) for r in results],
                note=f"N={n} unpaced; stopped subscriber lost (median) {med(drops):,.0f}", fmt="{:.1f}")
         RATIOS.append(dict(group=group, name=f"relay peak RSS MB, hwm {label}", values=peaks, target=150, kind="<="))

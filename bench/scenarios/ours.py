@@ -76,7 +76,8 @@ class _Profile:
 def relay(args):
     from fedmsg_twisted.relay import RelayService
 
-    cfg = _config(args, endpoints={"relay_outbound": [args.outbound]}, relay_inbound=[args.inbound])
+    extra = {} if args.relay_hwm < 0 else {"relay_high_water_mark": args.relay_hwm}
+    cfg = _config(args, endpoints={"relay_outbound": [args.outbound]}, relay_inbound=[args.inbound], **extra)
     svc = RelayService(cfg)
     svc.startService()
     prof = _Profile(args.profile)
@@ -306,6 +307,8 @@ def main():
     p.add_argument("--sockets", type=int, default=1)
     p.add_argument("--subs", type=int, default=1)
     p.add_argument("--hwm", type=int, default=0)
+    p.add_argument("--relay-hwm", type=int, default=0,
+                   help="relay_high_water_mark (-1: leave the config default)")
     p.add_argument("--rate", type=float, default=2000)
     p.add_argument("--latency", action="store_true")
     p.add_argument("--idle", type=float, default=5.0)

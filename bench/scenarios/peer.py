@@ -75,6 +75,8 @@ def sub(args):
     threading.Thread(target=watchdog, daemon=True).start()
     for name, endpoint, topic, msg in fedmsg.tail_messages():
         state["last"] = time.monotonic()
+        if common.is_heartbeat(topic):
+            continue
         if common.is_probe(topic):
             rcv.probe(msg["msg"]["sender"])
             continue

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import threading
+import zlib
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -51,12 +52,12 @@ def pub(args):
         probes = [[common.PROBE_TOPIC.encode(), probe_body]] * len(socks)
         ring = [[common.TOPIC.encode(), b] for b in bodies]
     else:
-        probes = [common.probe_frames(f"{args.id}-{k}") for k in range(len(socks))]
-        ring = [common.frames(args.size, i) for i in range(min(args.n, 64))]
+        probes = None
+        bodies = common.Bodies(args.size)
     common.say("READY")
     while True:
-        for s, p in zip(socks, probes):
-            s.send_multipart(p)
+        for k, s in enumerate(socks):
+            s.send_multipart(probes[k] if probes else common.probe_frames(f"{args.id}-{k}"))
         if "go" in ctl.lines(0.02) or ctl.eof:
             break
     total = args.n * len(socks)
@@ -72,9 +73,17 @@ def pub(args):
                 socks[i % len(socks)].send_multipart([common.TOPIC.encode(), common.canonical(common.envelope(msg, i))])
                 i += 1
             time.sleep(0.0005)
-    else:
+    elif args.frames_file:
         k = len(ring)
+        if total > k:
+            raise SystemExit(f"{args.frames_file} has {k} bodies, {total} needed (msg_ids must be unique)")
+        send = socks[0].send_multipart
+        for i in range(total):
+            send(ring[i])
+    else:
         nsock = len(socks)
+        # Unique msg_ids: per-process offset so fan-in senders differ too.
+        base = (zlib.crc32(args.id.encode()) % 10**6) * 10**6
         if args.encode:
             # What any publisher of a dict must at least do: encode it.
             msgs = [common.payload(args.size, i) for i in range(64)]
@@ -85,11 +94,13 @@ def pub(args):
                 send([topic, canonical(envelope(msgs[i % 64], i))])
         elif nsock == 1:
             send = socks[0].send_multipart
+            make = bodies.frames
             for i in range(total):
-                send(ring[i % k])
+                send(make(base + i))
         else:
+            make = bodies.frames
             for i in range(total):
-                socks[i % nsock].send_multipart(ring[i % k])
+                socks[i % nsock].send_multipart(make(base + i))
     t1, c1 = time.monotonic(), common.cpu()
     common.result(role="sender", sent=total, t0=t0, t1=t1, cpu=c1 - c0)
     ctl.wait_for("stop", 60)
@@ -127,6 +138,8 @@ def sub(args):
                     topic, body = s.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
+                if common.is_heartbeat(topic):
+                    continue
                 if common.is_probe(topic):
                     rcv.probe((socks[s], json.loads(body)["msg"]["sender"]))
                 elif args.latency:
