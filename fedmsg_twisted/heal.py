@@ -402,8 +402,10 @@ class Healer:
         if not isinstance(identity, str) or isinstance(seq, bool) or not isinstance(seq, int):
             self.counters.incr("dropped", "bad-heartbeat")
             return
-        if not isinstance(replay, str) or not replay:
-            replay = (self.config.get("replay_endpoints") or {}).get(name)
+        # The config, when it names one, wins over what the heartbeat says.
+        replay = (self.config.get("replay_endpoints") or {}).get(name) or replay
+        if not isinstance(replay, str):
+            replay = None
         if not replay:
             return  # nothing to heal from
         relay = self.relays.get(identity)
@@ -411,8 +413,14 @@ class Healer:
             relay = self.relays[identity] = _Relay(identity, self._saved.get(identity))
             if relay.known is None and self.since is None:
                 relay.known = relay.target = seq
-                log.info("Healing from relay {id} at {ep}, starting at seq_id {seq}", id=identity, ep=endpoint, seq=seq)
                 self._save()
+            log.info(
+                "Healing from relay {id} at {ep}: it is at seq_id {seq}, we have all up to {known}",
+                id=identity,
+                ep=endpoint,
+                seq=seq,
+                known="(--since)" if relay.known is None else relay.known,
+            )
         relay.replay = _fix_host(replay, endpoint)
         relay.name, relay.endpoint = name, endpoint
         if relay.known is not None and seq < relay.known:

@@ -27,6 +27,9 @@ from fedmsg_twisted.stats import Counters
 
 log = Logger(namespace="fedmsg_twisted.relay")
 
+#: The relay's own heartbeat topic ends so (L{fedmsg_twisted.heal}).
+HEARTBEAT_SUFFIX = ".relay._heartbeat"
+
 __all__ = ["RelayService"]
 
 Sink = Callable[[str, bytes, dict], Any]
@@ -180,6 +183,13 @@ class RelayService(Service):
                 detail=e.detail[:200],
             )
             raise
+        if topic.endswith(HEARTBEAT_SUFFIX):
+            # Only the relay itself speaks on its heartbeat topic: a forged
+            # heartbeat could send subscribers to another replay endpoint.
+            self.counters.incr("dropped", "reserved-topic")
+            log.warn("Dropped a message from {source} on the relay's heartbeat topic {topic}",
+                     source=source, topic=topic[:200])
+            raise encoding.DecodeError("reserved-topic", topic[:200])
         self.last_message_at = self._reactor.seconds()
         return topic, envelope
 

@@ -193,3 +193,67 @@ class HealTests(HealTestCase):
 
     async def test_heartbeat_topic(self):
         self.assertEqual(heartbeat_topic(heal_config()), "org.fedoraproject.dev.relay._heartbeat")
+
+
+class HeartbeatInteropTests(HealTestCase):
+    async def test_real_fedmsg_validating_subscriber_accepts_everything(self):
+        """
+        A real fedmsg 1.1.7 subscriber that validates signatures, on the
+        outbound of a relay that sends heartbeats: it accepts every signed
+        message (the relay changes no byte); the unsigned heartbeats are
+        only warnings to it and never reach its application.
+        """
+        from tests import fedmsgpeer
+        from tests.certs import make_pki
+        from tests.test_signed_bus import PEER_VALIDATING_TAIL
+        from tests.util import spawn
+
+        peer = fedmsgpeer.ensure_peer()
+        pki = make_pki(os.path.abspath(self.mktemp()))
+        pki.issue("svc.example.org", name="svc")
+        cfg = heal_config(heartbeat_interval=0.05, **pki.certname_config())
+        relay, archive, hb = await self.relay(cfg)
+        cwd = os.path.abspath(self.mktemp())
+        os.makedirs(cwd)
+        fedmsgpeer.write_peer_config(
+            cwd,
+            {
+                "topic_prefix": "org.fedoraproject",
+                "environment": "dev",
+                "endpoints": {"relay_outbound": list(cfg["endpoints"]["relay_outbound"])},
+                "ca_cert_location": pki.ca_cert_path,
+                "crl_location": pki.crl_path,
+            },
+        )
+        script = os.path.join(cwd, "tail.py")
+        with open(script, "w") as f:
+            f.write(PEER_VALIDATING_TAIL)
+        count = 20
+        tail = spawn(self, [peer, script, str(count)], path=cwd)
+        await wait_for(relay.has_subscriber, timeout=30, what="fedmsg's validating tail")
+        beats = hb.sent
+        await wait_for(lambda: hb.sent >= beats + 5, what="heartbeats to the peer")
+        pub = self.start(
+            PublisherService(cfg.replace(active=True, sign_messages=True, certname="svc"), name="relay_inbound")
+        )
+        await wait_for(pub.has_subscriber, what="relay subscription")
+        for n in range(count):
+            await pub.publish(topic="thing", modname="svc", msg={"n": n, "s": "h\u00e9"})
+            await sleep(0.01)  # heartbeats interleave
+        self.assertEqual(await tail.ended, 0, tail.stderr)
+        self.assertEqual([json.loads(line)["n"] for line in tail.lines if line], list(range(count)))
+
+
+class ForgedHeartbeatTests(HealTestCase):
+    async def test_relay_drops_heartbeats_from_publishers(self):
+        from fedmsg_twisted import encoding
+
+        cfg = heal_config(heartbeat_interval=0)
+        relay, archive, hb = await self.relay(cfg)
+        sub, got = self.subscriber(cfg)
+        await wait_for(relay.has_subscriber, what="subscriber")
+        forged = {"topic": heartbeat_topic(cfg), "msg": {"relay": "x", "seq": 10**9, "replay": "tcp://127.0.0.1:1"}}
+        with self.assertRaises(encoding.DecodeError):
+            await relay.inject([forged["topic"].encode(), encoding.dumps_bytes(forged)])
+        self.assertEqual(relay.counters.get("dropped", "reserved-topic"), 1)
+        self.assertEqual(sub.counters.get("heartbeats"), 0)
