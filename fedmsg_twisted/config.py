@@ -371,7 +371,7 @@ KEYS: dict[str, Key] = {
     "publish_resend_window": Key(_nonneg_int, 10000, "An active publisher keeps this many sent messages until the relay's archive has them, and resends the missing ones when the relay comes back; 0 = off.", "healing"),
     # -- later sections (archive, replay, push, irc, health) add keys below --
     "logging": Key(_any, None, "Accepted for fedmsg compatibility and ignored (we log with twisted.logger).", "compat"),
-    "irc": Key(_table_list, (), "IRC bot connections, fedmsg's format (see the IRC page).", "irc"),
+    "irc": Key(_table_list, (), "IRC bot connections (list of tables), fedmsg's format plus channels/include/SASL/NickServ/ssl_ca; see the IRC bot page.", "irc"),
     "irc_color_lookup": Key(_str_map, {}, "Service -> colour name for the IRC bot.", "irc"),
     "irc_default_color": Key(_str, "light grey", "Colour for services not in irc_color_lookup.", "irc"),
     "irc_method": Key(_choice("notice", "msg"), "notice", "Send lines as NOTICE or PRIVMSG.", "irc"),
