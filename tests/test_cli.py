@@ -143,6 +143,23 @@ class TailTests(CLITestCase):
         self.assertEqual(shown["msg"], {"k": "v"})
         self.assertIsInstance(shown["timestamp"], str)
 
+    async def test_garbage_does_not_stop_the_tail(self):
+        from fedmsg_twisted import zmq as fzmq
+
+        port = free_port()
+        with open(self.config_path, "w") as f:
+            f.write(f'[endpoints]\nsvc = ["{tcp(port)}"]\n')
+        raw = fzmq.PubSocket(fzmq.shared_factory(), options=[(fzmq._zmq.LINGER, 0)])
+        self.addCleanup(raw.close)
+        fzmq.bind_first(raw, [tcp(port)])
+        proc = self.tail("--json", "--count", "1")
+        await wait_for(raw.has_subscriber, what="fedmsg-tail to subscribe")
+        for frames in ([b"one"], [b"a.b", b"\xff"], [b"a.b", b"nope"], [b"a.b", b"[1]"], [b"a", b"b", b"c"]):
+            raw.send_frames(frames)
+        raw.send_frames([b"a.b", b'{"msg":{"ok":1},"topic":"a.b"}'])
+        self.assertEqual(await proc.ended, 0, proc.stderr)
+        self.assertEqual([json.loads(line)["msg"] for line in proc.lines if line], [{"ok": 1}])
+
     async def test_bad_regexp(self):
         proc = self.tail("--include", "(")
         self.assertEqual(await proc.ended, 2)

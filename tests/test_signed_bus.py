@@ -160,3 +160,32 @@ class SignedBusTests(unittest.TestCase):
         self.assertEqual(await tail.ended, 0, tail.stderr)
         shown = [json.loads(line)["n"] for line in tail.lines if line]
         self.assertEqual(shown, [1, 2])
+
+    async def test_fedmsg_logger_signs_with_cert_prefix(self):
+        import socket
+
+        host = socket.gethostname().split(".")[0]
+        self.pki.issue("shell.example.org", name="shellcert")
+        relay = self.start(RelayService(self.cfg.replace(relay_validate=True)))
+        got = []
+        self.start(SubscriberService(self.cfg.replace(validate_signatures=True), lambda *a: got.append(a)))
+        await wait_for(relay.has_subscriber, what="subscriber")
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(
+                f'sign_messages = true\nssldir = "{self.pki.directory}"\n'
+                f'relay_inbound = ["{self.cfg["relay_inbound"][0]}"]\n'
+                f'[certnames]\n"ops.{host}" = "shellcert"\n'
+            )
+        logger = spawn(self, [PYTHON, "-m", "fedmsg_twisted.cli.logger", "--config", path,
+                              "--cert-prefix", "ops", "--message", "signed from the shell"])
+        self.assertEqual(await logger.ended, 0, logger.stderr)
+        await wait_for(lambda: got, what="the signed message")
+        self.assertEqual(got[0][3]["msg"], {"log": "signed from the shell"})
+        self.assertEqual(got[0][3]["crypto"], "x509")
+        # An unknown prefix is a clear error, and nothing is sent.
+        logger = spawn(self, [PYTHON, "-m", "fedmsg_twisted.cli.logger", "--config", path,
+                              "--cert-prefix", "nobody", "--message", "x"])
+        self.assertEqual(await logger.ended, 1)
+        self.assertIn(f"nobody.{host}".encode(), logger.stderr)
+        self.assertEqual(relay.counters.get("received"), 1)
