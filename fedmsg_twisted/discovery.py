@@ -499,7 +499,9 @@ class SRVDiscoveryService(service.Service):
         return max(self._retry, 0.0)
 
 
-def attach_discovery(parent: Any, config: Mapping[str, Any], subscriber: Any, reactor: Any = None) -> "SRVDiscoveryService | None":
+def attach_discovery(
+    parent: Any, config: Mapping[str, Any], subscriber: Any, reactor: Any = None, **kw: Any
+) -> "SRVDiscoveryService | None":
     """
     Keep C{subscriber} connected to the SRV endpoints of C{srv_endpoints}:
     the one line each process that subscribes needs.  Adds the discovery
@@ -515,6 +517,6 @@ def attach_discovery(parent: Any, config: Mapping[str, Any], subscriber: Any, re
         for address in added:
             subscriber.add_endpoint(name, address)
 
-    svc = SRVDiscoveryService(config, on_change, static=subscriber.endpoints(), reactor=reactor)
+    svc = SRVDiscoveryService(config, on_change, static=subscriber.endpoints(), reactor=reactor, **kw)
     svc.setServiceParent(parent)
     return svc

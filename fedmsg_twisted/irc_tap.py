@@ -48,6 +48,10 @@ def makeService(options: Any) -> StartupGuard:
     top = StartupGuard("ircbot")
     bot = IRCBotService(config, subscriber_class=TrackedSubscriberService)
     bot.setServiceParent(top)
+    if bot.subscriber is not None:
+        from fedmsg_twisted.discovery import attach_discovery
+
+        attach_discovery(top, config, bot.subscriber)
     if listen is not None:
         HealthService(listen, [IRCBotHealth(bot, window=window)]).setServiceParent(top)
     return top

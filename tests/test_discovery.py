@@ -581,3 +581,40 @@ class SubscriberFollowsDNSTests(unittest.TestCase):
         await wait_for(lambda: "NXDOMAIN" in (disco.last_error["site.test"] or ""), what="NXDOMAIN")
         self.assertEqual(sub.endpoints(), {"site.test": (tcp(p2),)})
         await receive_from(pubs["pub2"], p2)
+
+
+class AttachDiscoveryTests(unittest.TestCase):
+    """
+    The one-line wiring the taps use (ircbot, fedmsg-tail).
+    """
+
+    async def test_attach_follows_srv(self):
+        from twisted.application.service import MultiService
+
+        from fedmsg_twisted.discovery import attach_discovery
+        from fedmsg_twisted.publisher import PublisherService
+        from fedmsg_twisted.subscriber import SubscriberService
+        from tests.util import free_port, tcp
+
+        p1, p2 = free_port(), free_port()
+        pubs = []
+        for name, port in (("pub1", p1), ("pub2", p2)):
+            pub = PublisherService(from_dict({"endpoints": {name: [tcp(port)]}, "name": name}))
+            pub.startService()
+            self.addCleanup(pub.stopService)
+            pubs.append(pub)
+        server = await DNSServer.start(self, zone="test", ttl=1)
+        server.set_srv("_fedmsg._tcp.site.test", [(0, 0, p1, "127.0.0.1.")])
+        cfg = from_dict({"endpoints": {}, "srv_endpoints": ["site.test"], "srv_nameservers": [server.address]})
+        top = MultiService()
+        sub = SubscriberService(cfg, lambda *a: None)
+        sub.setServiceParent(top)
+        self.assertIsNone(attach_discovery(MultiService(), from_dict({}), sub))
+        disco = attach_discovery(top, cfg, sub, min_interval=0, timeout=1.0)
+        self.assertIs(disco.parent, top)
+        top.startService()
+        self.addCleanup(top.stopService)
+        await wait_for(pubs[0].has_subscriber, what="subscriber on the SRV target")
+        server.set_srv("_fedmsg._tcp.site.test", [(0, 0, p2, "127.0.0.1.")])
+        await wait_for(pubs[1].has_subscriber, what="subscriber follows the new record")
+        await wait_for(lambda: not pubs[0].has_subscriber(), what="old target dropped")
