@@ -263,7 +263,10 @@ class Healer:
         self.service = service
         self.config = config
         self.topics = [t for t in topics]
-        self.page = max(1, int(config.get("catchup_page", DEFAULT_PAGE)))
+        # A page above the relay's replay_max_messages would be cut short by
+        # the server and look like the end of the range.
+        self.page = max(1, min(int(config.get("catchup_page", DEFAULT_PAGE)),
+                               int(config.get("replay_max_messages", 1000))))
         self.max = int(config.get("catchup_max", DEFAULT_MAX))
         self.timeout = float(config.get("timeout", 2))
         self.state_file = config.get("subscriber_state_file")
@@ -509,7 +512,24 @@ class Healer:
             self._save()
 
     async def _fetch(self, relay: _Relay, seqs: list[int]) -> None:
-        frames = await _request(relay.replay, {"seq_ids": seqs}, self.timeout)
+        try:
+            frames = await _request(relay.replay, {"seq_ids": seqs}, self.timeout)
+        except ReplayUnavailable as e:
+            if "too large" not in str(e):
+                raise
+            if len(seqs) == 1:
+                self.counters.incr("heal-skipped")
+                log.error(
+                    "Cannot heal seq_id {seq} from relay {id}: larger than its replay_max_bytes",
+                    seq=seqs[0],
+                    id=relay.identity,
+                )
+                return
+            # Over the server's replay_max_bytes: ask for halves, in order.
+            half = len(seqs) // 2
+            await self._fetch(relay, seqs[:half])
+            await self._fetch(relay, seqs[half:])
+            return
         log.info(
             "Healing {n} missed messages from relay {id} (seq_ids {a}..{b})",
             n=len(frames),

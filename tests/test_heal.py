@@ -257,3 +257,21 @@ class ForgedHeartbeatTests(HealTestCase):
             await relay.inject([forged["topic"].encode(), encoding.dumps_bytes(forged)])
         self.assertEqual(relay.counters.get("dropped", "reserved-topic"), 1)
         self.assertEqual(sub.counters.get("heartbeats"), 0)
+
+
+class LargeCatchUpTests(HealTestCase):
+    async def test_fetch_split_under_replay_max_bytes(self):
+        cfg = heal_config(replay_max_bytes=5000)
+        relay, archive, hb = await self.relay(cfg)
+        out = cfg["endpoints"]["relay_outbound"][0]
+        sub, got = self.subscriber(cfg)
+        pub = await self.publisher(cfg)
+        await wait_for(lambda: sub.healer.relays, what="first heartbeat")
+        sub.remove_endpoint("relay_outbound", out)
+        for n in range(12):
+            await pub.publish(topic="t", modname="m", msg={"n": n, "pad": "z" * 1500})
+        await wait_for(lambda: (archive.committed_seq or 0) >= 12, what="archived")
+        sub.add_endpoint("relay_outbound", out)
+        await wait_for(lambda: len(got) == 12, what="healed in several requests")
+        self.assertEqual(logs(got), list(range(12)))
+        self.assertEqual(sub.counters.get("heal-failed"), 0)
