@@ -278,6 +278,7 @@ class Healer:
         self._saving = False
         self._save_again = False
         self._tasks: set[defer.Deferred] = set()
+        self._seqs: dict[tuple[str, str], int] = {}
         self.stopped = False
         if self.state_file:
             self._saved = self._load()
@@ -395,6 +396,65 @@ class Healer:
                 return True
         return False
 
+    # -- publishers that number their messages (a store of their own) ----------------
+
+    def check_seq(self, name: str, endpoint: str, envelope: Mapping[str, Any]) -> None:
+        """
+        A live message from a publisher that stamps C{seq_id} (before signing)
+        and has C{replay_endpoints[name]}: fetch what lies between the last
+        number seen from that endpoint and this one.
+
+        Not for relays: their messages carry their publishers' numbers, which
+        mean nothing to the relay's archive; relays are healed by heartbeat.
+        """
+        seq = envelope.get("seq_id")
+        if isinstance(seq, bool) or not isinstance(seq, int):
+            return
+        if name == "relay_outbound" or any(r.endpoint == endpoint for r in self.relays.values()):
+            return
+        replay = (self.config.get("replay_endpoints") or {}).get(name)
+        if not replay:
+            return
+        key = (name, endpoint)
+        prev = self._seqs.get(key)
+        self._seqs[key] = seq if prev is None else max(prev, seq)
+        if prev is None or seq <= prev + 1:
+            return
+        lo, hi = prev + 1, seq - 1
+        if hi - lo + 1 > self.max:
+            self.counters.incr("heal-skipped", n=hi - lo + 1 - self.max)
+            log.warn(
+                "Gap from {name} {ep} capped at {max} (catchup_max): skipping seq_ids {a}..{b}",
+                name=name, ep=endpoint, max=self.max, a=lo, b=hi - self.max,
+            )
+            lo = hi - self.max + 1
+        d = defer.Deferred.fromCoroutine(self._fill(name, endpoint, replay, lo, hi))
+        d.addErrback(lambda f: log.failure("Healing failed unexpectedly", f))
+        self._track(d)
+
+    async def _fill(self, name: str, endpoint: str, replay: str, lo: int, hi: int) -> None:
+        from twisted.internet import reactor
+
+        relay = _Relay(f"{name}@{endpoint}", None)
+        relay.replay, relay.name, relay.endpoint = replay, name, endpoint
+        wanted = list(range(lo, hi + 1))
+        for attempt in range(3):  # the publisher's store commits in batches
+            if attempt:
+                await task.deferLater(reactor, 0.5, lambda: None)
+            seen: set[int] = set()
+            try:
+                for i in range(0, len(wanted), self.page):
+                    seen |= await self._fetch(relay, wanted[i : i + self.page])
+            except ReplayUnavailable as e:
+                self.counters.incr("heal-failed")
+                log.warn("Cannot heal seq_ids {a}..{b} from {name}: {error}", a=lo, b=hi, name=name, error=e)
+                return
+            wanted = [s for s in wanted if s not in seen]
+            if self.stopped or not wanted:
+                return
+        self.counters.incr("heal-failed")
+        log.warn("seq_ids {seqs} from {name} are not in its store", seqs=wanted[:20], name=name)
+
     # -- heartbeats ----------------------------------------------------------------
 
     def heartbeat(self, name: str, endpoint: str, envelope: Mapping[str, Any]) -> None:
@@ -511,7 +571,12 @@ class Healer:
             relay.known = cursor
             self._save()
 
-    async def _fetch(self, relay: _Relay, seqs: list[int]) -> None:
+    async def _fetch(self, relay: _Relay, seqs: list[int]) -> set[int]:
+        """
+        Fetch and deliver these seq_ids; returns the C{seq_id} fields seen in
+        the bodies (only publishers with their own store write them).
+        """
+        seen: set[int] = set()
         try:
             frames = await _request(relay.replay, {"seq_ids": seqs}, self.timeout)
         except ReplayUnavailable as e:
@@ -524,12 +589,12 @@ class Healer:
                     seq=seqs[0],
                     id=relay.identity,
                 )
-                return
+                return set(seqs)
             # Over the server's replay_max_bytes: ask for halves, in order.
             half = len(seqs) // 2
-            await self._fetch(relay, seqs[:half])
-            await self._fetch(relay, seqs[half:])
-            return
+            seen |= await self._fetch(relay, seqs[:half])
+            seen |= await self._fetch(relay, seqs[half:])
+            return seen
         log.info(
             "Healing {n} missed messages from relay {id} (seq_ids {a}..{b})",
             n=len(frames),
@@ -539,12 +604,14 @@ class Healer:
         )
         for frame in frames:
             if self.stopped:
-                return
+                return seen
             try:
                 envelope = encoding.decode_body(frame, max_size=self.service.max_size)
             except encoding.DecodeError as e:
                 self.counters.incr("dropped", e.reason)
                 continue
+            if isinstance(envelope.get("seq_id"), int):
+                seen.add(envelope["seq_id"])
             topic = envelope.get("topic")
             if not isinstance(topic, str):
                 self.counters.incr("dropped", "no-topic")
@@ -553,3 +620,4 @@ class Healer:
                 continue
             self.counters.incr("healed")
             await self.service.deliver_healed(relay.name, relay.endpoint, topic, envelope)
+        return seen

@@ -74,10 +74,16 @@ class PublisherService(Service):
         signer: Any = None,
         reactor: Any = None,
         factory: Any = None,
+        store: Any = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor  # noqa: F811
         self.config = config
+        #: An open L{fedmsg_twisted.store.Archive} this publisher keeps what
+        #: it sends in (serve it with a ReplayService under our name): every
+        #: envelope gets the store's next C{seq_id} I{before} it is signed.
+        self.store = store
+        self._next_seq: int | None = None
         self.name = name if name is not None else default_name(config)
         self.active = bool(config["active"]) or self.name is None or self.name == "relay_inbound"
         self.signer = signer
@@ -199,6 +205,13 @@ class PublisherService(Service):
             failing with L{PublishError}.
         """
         envelope = self._envelopes.make(topic=topic, msg=msg, modname=modname)
+        if self.store is not None:
+            if not self.store.running:
+                return defer.fail(PublishError("the publisher's store is not open yet"))
+            if self._next_seq is None:
+                self._next_seq = (self.store.committed_seq or 0) + 1
+            envelope["seq_id"] = self._next_seq
+            self._next_seq += 1
         if self.signer is None:
             return self.publish_envelope(envelope)
         d = defer.maybeDeferred(self._sign, envelope)
@@ -219,6 +232,11 @@ class PublisherService(Service):
             body = encoding.dumps_bytes(envelope)
         except (TypeError, ValueError) as e:
             return defer.fail(PublishError(f"message is not JSON-serialisable: {e}"))
+        seq = envelope.get("seq_id")
+        if self.store is not None and isinstance(seq, int) and not isinstance(seq, bool):
+            # Stored before it is sent, so a subscriber that sees the next
+            # number and asks for this one finds it (once the batch commits).
+            self.store.add(envelope["topic"], body, envelope, seq_id=seq)
         return self.publish_frames([envelope["topic"].encode("utf-8"), body], envelope)
 
     def publish_frames(self, frames: list[bytes], envelope: Any = None) -> defer.Deferred:

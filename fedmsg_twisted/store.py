@@ -439,6 +439,7 @@ class _Pending:
     received: float
     body: bytes
     d: defer.Deferred
+    seq_id: int | None = None
 
 
 class Archive:
@@ -695,9 +696,14 @@ class Archive:
 
     # -- writing -----------------------------------------------------------------
 
-    def add(self, topic: str, body: bytes, envelope: Mapping[str, Any]) -> defer.Deferred:
+    def add(
+        self, topic: str, body: bytes, envelope: Mapping[str, Any], seq_id: int | None = None
+    ) -> defer.Deferred:
         """
         Archive one message.
+
+        C{seq_id}: store under this number instead of the next one (a
+        publisher's own store numbers its messages before signing them).
 
         @param topic: the topic frame (decoded).
         @param body: the body bytes exactly as received; this is what replay returns.
@@ -734,6 +740,7 @@ class Archive:
                 received=self._clock.seconds(),
                 body=bytes(body),
                 d=d,
+                seq_id=None if seq_id is None else int(seq_id),
             )
         except Exception as e:
             # A caller's bug must not break its forwarding path either.
@@ -836,15 +843,30 @@ class Archive:
                 " received, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (msg_id) DO NOTHING RETURNING seq_id"
             )
+            explicit = b.sql(
+                "INSERT INTO fedmsg_archive (seq_id, msg_id, topic, timestamp, username, agent,"
+                " category, received, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING RETURNING seq_id"
+            )
             lookup = b.sql("SELECT seq_id FROM fedmsg_archive WHERE msg_id = ?")
             for p in batch:
                 if p.msg_id is not None and p.msg_id in known:
                     out.append(Stored(known[p.msg_id], duplicate=True))
                     continue
-                row = conn.execute(
-                    insert,
-                    (p.msg_id, p.topic, p.timestamp, p.username, p.agent, p.category, p.received, p.body),
-                ).fetchone()
+                values = (p.msg_id, p.topic, p.timestamp, p.username, p.agent, p.category, p.received, p.body)
+                row = None
+                if p.seq_id is not None:
+                    row = conn.execute(explicit, (p.seq_id, *values)).fetchone()
+                    if row is None and (
+                        p.msg_id is None or conn.execute(lookup, (p.msg_id,)).fetchone() is None
+                    ):
+                        # The number is taken by another message: two
+                        # publishers share a store.  Keep the message anyway.
+                        log.warn("Archive {url}: seq_id {seq} already taken; stored under a new one",
+                                 url=self.url, seq=p.seq_id)
+                        row = conn.execute(insert, values).fetchone()
+                else:
+                    row = conn.execute(insert, values).fetchone()
                 if row is None:
                     # Another writer sharing the database stored it meanwhile.
                     (seq,) = conn.execute(lookup, (p.msg_id,)).fetchone()

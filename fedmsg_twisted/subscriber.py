@@ -203,6 +203,7 @@ class SubscriberService(Service):
             if self.validator is None and self.healer.is_duplicate(envelope):
                 self.counters.incr("duplicates")
                 return
+            self.healer.check_seq(name, endpoint, envelope)
             if self.healer.hold(name, endpoint, topic, envelope):
                 return
         self.deliver_live(name, endpoint, topic, envelope)

@@ -275,3 +275,48 @@ class LargeCatchUpTests(HealTestCase):
         await wait_for(lambda: len(got) == 12, what="healed in several requests")
         self.assertEqual(logs(got), list(range(12)))
         self.assertEqual(sub.counters.get("heal-failed"), 0)
+
+
+class PublisherStoreTests(HealTestCase):
+    async def test_seq_id_signed_and_gap_filled_from_publisher_store(self):
+        """
+        A passive publisher with its own store stamps seq_id before signing;
+        a validating subscriber that misses some fetches them from the
+        publisher's replay endpoint, and they validate.
+        """
+        from tests.certs import make_pki
+
+        pki = make_pki(os.path.abspath(self.mktemp()))
+        pki.issue("svc.example.org", name="svc")
+        address, replay = tcp(free_port()), tcp(free_port())
+        cfg = config.from_dict(
+            {
+                "endpoints": {"svc": [address]},
+                "replay_endpoints": {"svc": replay},
+                "post_init_sleep": 5.0,
+                "timeout": 5.0,
+                **pki.certname_config(),
+            }
+        )
+        archive = Archive(os.path.abspath(self.mktemp()), batch_interval=0.01)
+        svc = self.start(ArchiveService(archive))
+        await svc.started
+        self.start(ReplayService.from_config(cfg, archive, name="svc"))
+        pub = self.start(PublisherService(cfg.replace(sign_messages=True, certname="svc"), name="svc", store=archive))
+        sub, got = self.subscriber(cfg.replace(validate_signatures=True))
+        await wait_for(pub.has_subscriber, what="subscriber")
+        first = await pub.publish(topic="t", modname="svc", msg={"n": 0})
+        self.assertEqual(first["seq_id"], 1)
+        self.assertIn("signature", first)
+        await wait_for(lambda: len(got) == 1, what="first")
+        sub.remove_endpoint("svc", address)
+        for n in range(1, 6):
+            await pub.publish(topic="t", modname="svc", msg={"n": n})
+        sub.add_endpoint("svc", address)
+        await wait_for(lambda: pub.has_subscriber() and len(pub._socket.subscriptions) > 0, what="resubscribed")
+        await sleep(0.2)
+        await pub.publish(topic="t", modname="svc", msg={"n": 6})
+        await wait_for(lambda: sorted(logs(got)) == list(range(7)), what="gap filled")
+        self.assertEqual(sub.counters.get("rejected"), 0)
+        self.assertEqual(sub.counters.get("healed"), 5)
+        self.assertEqual([r.seq_id for r in await archive.get()], list(range(1, 8)))
