@@ -92,6 +92,18 @@ def pub(args):
             canonical, envelope = common.canonical, common.envelope
             for i in range(total):
                 send([topic, canonical(envelope(msgs[i % 64], i))])
+        elif args.pace:
+            # Paced: top up to the schedule every millisecond.
+            send = socks[0].send_multipart
+            make = bodies.frames
+            tick = 1.0 / args.pace
+            i = 0
+            while i < total:
+                due = min(total, int((time.monotonic() - t0) / tick) + 1)
+                while i < due:
+                    send(make(base + i))
+                    i += 1
+                time.sleep(0.001)
         elif nsock == 1:
             send = socks[0].send_multipart
             make = bodies.frames
@@ -319,6 +331,7 @@ def main():
     p.add_argument("--encode", action="store_true", help="json-encode every message (pub)")
     p.add_argument("--hwm", type=int, default=0)
     p.add_argument("--rate", type=float, default=2000)
+    p.add_argument("--pace", type=float, default=0, help="messages per second (pub; 0 = unpaced)")
     p.add_argument("--latency", action="store_true")
     p.add_argument("--idle", type=float, default=5.0)
     p.add_argument("--id", default="raw")
