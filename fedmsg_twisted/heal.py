@@ -279,6 +279,8 @@ class Healer:
         self._save_again = False
         self._tasks: set[defer.Deferred] = set()
         self._seqs: dict[tuple[str, str], int] = {}
+        self._since_done = False
+        self._pre: list[tuple[str, str, str, dict]] = []
         self.stopped = False
         if self.state_file:
             self._saved = self._load()
@@ -384,6 +386,14 @@ class Healer:
         Keep a live message while this endpoint's relay is catching up, so
         the backlog comes first.  False: deliver it now.
         """
+        if self.since is not None and not self._since_done:
+            # --since: nothing live before the backlog.
+            if len(self._pre) >= max(self.max, self.page):
+                self.counters.incr("held-overflow")
+                return True
+            self._pre.append((name, endpoint, topic, envelope))
+            self.counters.incr("held")
+            return True
         for r in self.relays.values():
             if r.busy and r.endpoint == endpoint and r.name == name:
                 if len(r.held) >= max(self.max, self.page):
@@ -533,6 +543,9 @@ class Healer:
         finally:
             relay.busy = False
             held, relay.held = relay.held, []
+            if self.since is not None and not self._since_done:
+                self._since_done = True
+                held, self._pre = self._pre + held, []
             for args in held:
                 if not self.stopped:
                     self.service.deliver_live(*args)

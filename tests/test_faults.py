@@ -150,7 +150,6 @@ class RelayFaultTests(FaultTestCase):
                 relay = await self.start_relay()
             await sleep(0.005)
         await defer.gatherResults(sent)
-        self.addCleanup(lambda: print(pub.counters, sub.counters, sorted(set(range(COUNT)) - set(got))))
         await self.healed(got, range(COUNT), sub)
 
     async def test_subscriber_stopped_past_its_high_water_mark(self):
@@ -326,3 +325,30 @@ class ArchiveFaultTests(FaultTestCase):
         await self.stream_through(relay)
         await wait_for(lambda: any("ARCHIVE FAILURE" in line for line in relay.lines),
                        timeout=DEADLINE, what="the loud failure")
+
+
+class TailSinceTests(FaultTestCase):
+    async def test_tail_since_backlog_then_live(self):
+        """
+        fedmsg-tail --since: the archived backlog, then live, with no gap
+        and no duplicate at the seam (live messages flow during catch-up).
+        """
+        import time
+
+        await self.start_relay()
+        pub = await self.publisher()
+        before = time.time() - 5
+        for n in range(30):
+            await pub.publish(topic="t", modname="fault", msg={"n": n})
+        path = os.path.join(self.state, "tail-since.toml")
+        with open(path, "w") as f:
+            f.write(f'catchup_page = 7\n[endpoints]\nrelay_outbound = ["{self.outbound}"]\n')
+        tail = spawn(self, [PYTHON, "-m", "fedmsg_twisted.cli.tail", "--config", path,
+                            "--query", "msg.n", "--since", str(before), "--count", "60"])
+        n = 30
+        while not tail.ended.called and n < 60:
+            await pub.publish(topic="t", modname="fault", msg={"n": n})
+            n += 1
+            await sleep(0.01)
+        self.assertEqual(await tail.ended, 0, tail.stderr.decode())
+        self.assertEqual([int(x) for x in tail.lines if x.strip()], list(range(60)))
