@@ -51,6 +51,8 @@ HEARTBEAT_SUFFIX = ".relay._heartbeat"
 DEFAULT_PAGE = 500
 DEFAULT_MAX = 10000
 DEFAULT_DEDUP = 100000
+#: Seconds C{--since} waits for a relay heartbeat before going live.
+SINCE_WAIT = 10.0
 #: msg_ids kept in the state file (delivered past the last saved C{known}).
 STATE_DELIVERED = 10000
 
@@ -280,6 +282,7 @@ class Healer:
         self._tasks: set[defer.Deferred] = set()
         self._seqs: dict[tuple[str, str], int] = {}
         self._since_done = False
+        self._since_timer: Any = None
         self._pre: list[tuple[str, str, str, dict]] = []
         self.stopped = False
         if self.state_file:
@@ -347,10 +350,34 @@ class Healer:
         self._tasks.add(d)
         d.addBoth(lambda r: (self._tasks.discard(d), r)[1])
 
+    def start(self, clock: Any) -> None:
+        """
+        With C{since}: if no relay heartbeat with a replay endpoint comes
+        within C{SINCE_WAIT} seconds, say so and go live.
+        """
+        if self.since is not None and not self._since_done:
+            self._since_timer = clock.callLater(SINCE_WAIT, self._no_backlog, "no relay heartbeat came")
+
+    def _cancel_since_timer(self) -> None:
+        if self._since_timer is not None and self._since_timer.active():
+            self._since_timer.cancel()
+        self._since_timer = None
+
+    def _no_backlog(self, why: str) -> None:
+        self._cancel_since_timer()
+        if self._since_done or any(r.busy for r in self.relays.values()):
+            return
+        log.warn("Cannot print the backlog ({why}: is the relay archiving, with a replay endpoint?); going live", why=why)
+        self._since_done = True
+        held, self._pre = self._pre, []
+        for args in held:
+            self.service.deliver_live(*args)
+
     def stop(self) -> defer.Deferred:
         """
         Stop healing and save the state file; fires when it is written.
         """
+        self._cancel_since_timer()
         self.stopped = True
         for r in self.relays.values():
             r.held.clear()
@@ -480,6 +507,8 @@ class Healer:
         if not isinstance(replay, str):
             replay = None
         if not replay:
+            if self.since is not None and not self._since_done:
+                self._no_backlog("the relay announces no replay endpoint")
             return  # nothing to heal from
         relay = self.relays.get(identity)
         if relay is None:
@@ -545,6 +574,7 @@ class Healer:
             held, relay.held = relay.held, []
             if self.since is not None and not self._since_done:
                 self._since_done = True
+                self._cancel_since_timer()
                 held, self._pre = self._pre + held, []
             for args in held:
                 if not self.stopped:

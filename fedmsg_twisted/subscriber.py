@@ -105,6 +105,8 @@ class SubscriberService(Service):
             self.validator.start().addErrback(
                 lambda f: log.failure("Could not load the CA or CRL", f)
             )
+        if self.healer is not None:
+            self.healer.start(self._reactor)
         for name, addresses in self._endpoints.items():
             for address in addresses:
                 self._connect(name, address)

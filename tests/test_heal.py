@@ -320,3 +320,24 @@ class PublisherStoreTests(HealTestCase):
         self.assertEqual(sub.counters.get("rejected"), 0)
         self.assertEqual(sub.counters.get("healed"), 5)
         self.assertEqual([r.seq_id for r in await archive.get()], list(range(1, 8)))
+
+
+class SinceWithoutArchiveTests(HealTestCase):
+    async def test_no_replay_endpoint_goes_live(self):
+        """
+        --since against a relay that announces no replay endpoint: say so
+        and deliver live messages instead of holding them forever.
+        """
+        cfg = heal_config(replay_endpoints={})
+        archive = Archive(os.path.abspath(self.mktemp()), batch_interval=0.01)
+        svc = self.start(ArchiveService(archive))
+        await svc.started
+        relay = RelayService(cfg)
+        relay.add_sink(archive.add)
+        self.start(relay)
+        self.start(RelayHeartbeat(cfg, relay, archive, None))
+        sub, got = self.subscriber(cfg, since=("time", 0))
+        pub = await self.publisher(cfg)
+        await wait_for(lambda: sub.counters.get("heartbeats") >= 1, what="heartbeat")
+        await pub.publish(topic="t", modname="m", msg={"n": 1})
+        await wait_for(lambda: len(got) == 1, what="live message")
