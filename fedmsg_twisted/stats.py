@@ -20,6 +20,7 @@ class Counters:
         self._counts: Counter[tuple[str, str]] = Counter()
 
     def incr(self, name: str, label: str = "", n: int = 1) -> None:
+        # On the hot path of every message: keep it to one dict update.
         self._counts[(name, label)] += n
 
     def get(self, name: str, label: str | None = None) -> int:

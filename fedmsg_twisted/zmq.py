@@ -38,6 +38,11 @@ __all__ = [
 #: Messages read per reactor turn before yielding to other work.
 READ_BATCH = 256
 
+# Plain ints: pyzmq's enum flags cost a Flag object per call on the hot path.
+_NOBLOCK = int(_zmq.NOBLOCK)
+_MORE_NOBLOCK = int(_zmq.NOBLOCK | _zmq.SNDMORE)
+_RCVMORE = int(_zmq.RCVMORE)
+
 _factory: ZmqFactory | None = None
 
 
@@ -107,15 +112,20 @@ class _Socket(ZmqConnection):
             if not self.read_scheduled.called:
                 self.read_scheduled.cancel()
             self.read_scheduled = None
+        sock = self.socket
+        recv, more = sock.recv, sock.getsockopt
+        on_frames = self._on_frames
         for _ in range(READ_BATCH):
             if self.factory is None:  # shut down by a callback
                 return
             try:
-                frames = self.socket.recv_multipart(_zmq.NOBLOCK)
+                frames = [recv(_NOBLOCK)]
             except _zmq.Again:
                 return
+            while more(_RCVMORE):
+                frames.append(recv(_NOBLOCK))
             try:
-                self._on_frames(frames)
+                on_frames(frames)
             except Exception:
                 log.failure("Unexpected error handling a zmq message on {sock!r}", sock=self)
         # More may be waiting and the edge-triggered FD will not tell us again.
@@ -132,10 +142,18 @@ class _Socket(ZmqConnection):
         @return: False if zmq refused it (high-water mark reached).
         """
         try:
-            self.socket.send_multipart(frames, _zmq.NOBLOCK)
+            if len(frames) == 2:
+                # zmq takes a multipart message whole or not at all: once
+                # the first part is queued, the last one is too.
+                send = self.socket.send
+                send(frames[0], _MORE_NOBLOCK)
+                send(frames[1], _NOBLOCK)
+            else:
+                self.socket.send_multipart(frames, _NOBLOCK)
         except _zmq.Again:
             return False
-        self._schedule_read()
+        if self.read_scheduled is None:
+            self._schedule_read()
         return True
 
     def bound_address(self) -> str:
