@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 
-from twisted.internet import defer
 from twisted.trial import unittest
 
 from fedmsg_twisted import config
@@ -341,3 +340,29 @@ class SinceWithoutArchiveTests(HealTestCase):
         await wait_for(lambda: sub.counters.get("heartbeats") >= 1, what="heartbeat")
         await pub.publish(topic="t", modname="m", msg={"n": 1})
         await wait_for(lambda: len(got) == 1, what="live message")
+
+
+class BadInputTests(HealTestCase):
+    async def test_unreadable_state_file_and_bad_heartbeat(self):
+        from twisted.logger import globalLogPublisher
+
+        from fedmsg_twisted import encoding
+
+        state = os.path.abspath(self.mktemp())
+        with open(state, "w") as f:
+            f.write("{not json")
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        cfg = heal_config(subscriber_state_file=state)
+        sub, got = self.subscriber(cfg)
+        self.assertTrue(
+            [e for e in events if "unreadable subscriber state file" in e.get("log_format", "")]
+        )
+        topic = heartbeat_topic(cfg)
+        for msg in ({"relay": 1, "seq": 2}, {"relay": "r", "seq": "2"}, {"relay": "r", "seq": True}):
+            body = encoding.dumps_bytes({"topic": topic, "msg": msg})
+            sub.frames_received("relay_outbound", "tcp://x", [topic.encode(), body])
+        self.assertEqual(sub.counters.get("dropped", "bad-heartbeat"), 3)
+        self.assertEqual(got, [])
+        self.assertEqual(sub.healer.relays, {})
