@@ -366,3 +366,53 @@ class BadInputTests(HealTestCase):
         self.assertEqual(sub.counters.get("dropped", "bad-heartbeat"), 3)
         self.assertEqual(got, [])
         self.assertEqual(sub.healer.relays, {})
+
+
+class IdentityTests(unittest.TestCase):
+    async def test_identity_survives_restart(self):
+        path = os.path.abspath(self.mktemp())
+        first = Archive(path)
+        await first.start()
+        identity = first.identity
+        await first.stop()
+        again = Archive(path)
+        await again.start()
+        self.addCleanup(again.stop)
+        self.assertEqual(again.identity, identity)
+        self.assertEqual(len(identity), 32)
+
+
+class ResendTests(HealTestCase):
+    async def test_resend_once_per_relay_reconnection(self):
+        """
+        Messages the archive never gets (here: the relay does not archive)
+        are not resent over and over; only when the relay comes back, once.
+        """
+        cfg = heal_config()
+        archive = Archive(os.path.abspath(self.mktemp()), batch_interval=0.01)
+        svc = self.start(ArchiveService(archive))
+        await svc.started
+        self.start(ReplayService.from_config(cfg, archive, name="relay_outbound"))
+        relay = RelayService(cfg)  # no archive sink
+        relay.startService()
+        pub = self.start(PublisherService(cfg.replace(active=True), name="relay_inbound"))
+        await wait_for(pub.has_subscriber, what="relay subscription")
+        for n in range(5):
+            await pub.publish(topic="t", modname="m", msg={"n": n})
+        await wait_for(lambda: relay.counters.get("forwarded") == 5, what="forwarded")
+        await sleep(0.5)  # several reconcile rounds
+        self.assertEqual(pub.counters.get("resent"), 0)
+        self.assertEqual(len(pub._unacked), 5)
+        await relay.stopService()
+        relay = RelayService(cfg)
+        for attempt in range(100):  # zmq releases the ports asynchronously
+            try:
+                relay.startService()
+                break
+            except Exception:
+                await sleep(0.05)
+        self.addCleanup(relay.stopService)
+        await wait_for(lambda: pub.counters.get("resent") == 5, what="resent once")
+        await wait_for(lambda: relay.counters.get("forwarded") == 5, what="forwarded again")
+        await sleep(0.5)
+        self.assertEqual(pub.counters.get("resent"), 5)
