@@ -26,7 +26,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from fedmsg_twisted import encoding
+from fedmsg_twisted.heal import is_heartbeat
 from fedmsg_twisted.health import SubscriberHealth, TopicCounter, TrackedSubscriberService, topic_depth
 from fedmsg_twisted.stats import Counters
 
@@ -204,18 +204,16 @@ class GatewayService(Service):
         """
         Check one message and forward its original frames.  Never raises.
         """
-        self.counters.incr("received")
-        try:
-            topic, _ = encoding.parse_frames(frames, self._max_size)
-        except encoding.DecodeError as e:
-            self.counters.incr("dropped", e.reason)
-            log.warn(
-                "Dropped a malformed message from {name} {endpoint}: {reason} ({detail})",
-                name=name,
-                endpoint=endpoint,
-                reason=e.reason,
-                detail=e.detail[:200],
-            )
+        checked = self.subscriber.check_frames(name, endpoint, frames, self.counters)
+        if checked is None:
+            return
+        topic, _ = checked
+        if is_heartbeat(topic):
+            # An internal relay's heartbeat names its internal replay
+            # endpoint: outsiders must not see it.  It still shows that the
+            # upstream is alive.
+            self.last_message_at = self.subscriber.last_message_at = self._reactor.seconds()
+            self.counters.incr("dropped", "internal-heartbeat")
             return
         if not self.allowed(topic):
             self.counters.incr("dropped", "not-allowed")

@@ -172,15 +172,21 @@ class SubscriberService(Service):
 
     # -- receiving --------------------------------------------------------------
 
-    def frames_received(self, name: str, endpoint: str, frames: list[bytes]) -> None:
+    def check_frames(
+        self, name: str, endpoint: str, frames: list[bytes], counters: Counters | None = None
+    ) -> tuple[str, dict] | None:
         """
-        Check one raw zmq message and deliver it.  Never raises.
+        Count one raw zmq message and check it: C{(topic, envelope)}, or
+        None when it is malformed (then counted by reason and logged).
+
+        @param counters: where to count (default: this subscriber's).
         """
-        self.counters.incr("received")
+        counters = counters if counters is not None else self.counters
+        counters.incr("received")
         try:
-            topic, envelope = encoding.parse_frames(frames, self._max_size)
+            return encoding.parse_frames(frames, self._max_size)
         except encoding.DecodeError as e:
-            self.counters.incr("dropped", e.reason)
+            counters.incr("dropped", e.reason)
             log.warn(
                 "Dropped a malformed message from {name} {endpoint}: {reason} ({detail})",
                 name=name,
@@ -188,7 +194,16 @@ class SubscriberService(Service):
                 reason=e.reason,
                 detail=e.detail[:200],
             )
+            return None
+
+    def frames_received(self, name: str, endpoint: str, frames: list[bytes]) -> None:
+        """
+        Check one raw zmq message and deliver it.  Never raises.
+        """
+        checked = self.check_frames(name, endpoint, frames)
+        if checked is None:
             return
+        topic, envelope = checked
         if heal.is_heartbeat(topic):
             # The relay's own signal, never the application's.
             self.counters.incr("heartbeats")

@@ -117,6 +117,23 @@ class GatewayTests(GatewayTestCase):
             self.assertTrue(gw.counters.get("dropped", reason) >= 1, reason)
         self.assertEqual(gw.counters.get("dropped"), 5)
 
+    async def test_relay_heartbeats_stay_inside(self):
+        values = site_values()
+        svc = tcp(free_port())
+        values["endpoints"] = {"svc": [svc]}
+        cfg = config.from_dict(values)
+        pub = self.raw_pub(svc, bind=True)
+        gw, got = await self.gateway_with_outside(cfg)
+        await wait_for(lambda: pub.has_subscriber(), what="gateway subscribed")
+        beat = frames_for("org.fedoraproject.dev.relay._heartbeat", {"relay": "r", "seq": 1, "replay": "tcp://10.0.0.1:1"})
+        good = frames_for("org.fedoraproject.dev.svc.ok", {"n": 1})
+        pub.send_frames(beat)
+        pub.send_frames(good)
+        await wait_for(lambda: got, what="good message")
+        await sleep(0.1)
+        self.assertEqual(got, [good])
+        self.assertEqual(gw.counters.get("dropped", "internal-heartbeat"), 1)
+
     async def test_own_high_water_mark(self):
         cfg = config.from_dict(site_values())
         gw = self.start(GatewayService(cfg, bind=tcp(free_port()), high_water_mark=7))
