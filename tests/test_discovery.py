@@ -618,3 +618,25 @@ class AttachDiscoveryTests(unittest.TestCase):
         server.set_srv("_fedmsg._tcp.site.test", [(0, 0, p2, "127.0.0.1.")])
         await wait_for(pubs[1].has_subscriber, what="subscriber follows the new record")
         await wait_for(lambda: not pubs[0].has_subscriber(), what="old target dropped")
+
+    async def test_fedmsg_tail_follows_srv(self):
+        import json
+        import os
+
+        from fedmsg_twisted.publisher import PublisherService
+        from tests.util import PYTHON, free_port, spawn, tcp
+
+        port = free_port()
+        pub = PublisherService(from_dict({"endpoints": {"pub": [tcp(port)]}, "name": "pub"}))
+        pub.startService()
+        self.addCleanup(pub.stopService)
+        server = await DNSServer.start(self, zone="test", ttl=1)
+        server.set_srv("_fedmsg._tcp.site.test", [(0, 0, port, "127.0.0.1.")])
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write(f'srv_endpoints = ["site.test"]\nsrv_nameservers = ["{server.address}"]\n[endpoints]\n')
+        tail = spawn(self, [PYTHON, "-m", "fedmsg_twisted.cli.tail", "--config", path, "--json", "--count", "1"])
+        await wait_for(pub.has_subscriber, what="fedmsg-tail connected through SRV")
+        await pub.publish(topic="t", modname="m", msg={"via": "srv"})
+        self.assertEqual(await tail.ended, 0, tail.stderr)
+        self.assertEqual(json.loads(tail.lines[0])["msg"], {"via": "srv"})

@@ -213,9 +213,16 @@ def main(argv: list[str] | None = None) -> int:
             from fedmsg_twisted.crypto import Validator
 
             validator = Validator.from_config(cfg)
+        from twisted.application.service import MultiService
+
+        from fedmsg_twisted.discovery import attach_discovery
+
+        top = MultiService()
         sub = SubscriberService(cfg, on_message, topics, validator=validator, since=since)
-        sub.startService()
-        reactor.addSystemEventTrigger("before", "shutdown", sub.stopService)
+        sub.setServiceParent(top)
+        attach_discovery(top, cfg, sub)  # follows srv_endpoints, if any
+        top.startService()
+        reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
         return done
 
     try:
