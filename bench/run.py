@@ -457,6 +457,9 @@ def relay_scenario(args):
             "zmq.proxy (C)": lambda i, o: raw("proxy", "--inbound", i, "--outbound", o),
             "Python pyzmq loop": lambda i, o: raw("pyfwd", "--inbound", i, "--outbound", o),
             "RelayService + proposed patches": lambda i, o: proposed("relay", "--inbound", i, "--outbound", o),
+            "RelayService + SQLite archive": lambda i, o: ours(
+                "relay", "--inbound", i, "--outbound", o, "--archive", tempfile.mkdtemp(prefix="bench-archive-")
+            ),
         }
         variants = trim(args, variants)
         per = {k: [] for k in variants}
@@ -475,6 +478,14 @@ def relay_scenario(args):
         ours_r = [recv_rate(r) for r in per["fedmsg-twisted RelayService"]]
         ratio(group, f"relay / zmq.proxy, {sname}", ours_r, [recv_rate(r) for r in per["zmq.proxy (C)"]], 0.6)
         ratio(group, f"relay / Python loop, {sname}", ours_r, [recv_rate(r) for r in per["Python pyzmq loop"]], None)
+        with_archive = per.get("RelayService + SQLite archive", [])
+        if with_archive:
+            ratio(group, f"relay with archive / without, {sname}",
+                  [recv_rate(r) for r in with_archive], ours_r, None)
+            archive_rates = [dict(r["middles"])["relay"].get("archive_rate", 0) for r in with_archive]
+            failed = sum(dict(r["middles"])["relay"].get("archive_failed", 0) for r in with_archive)
+            record("archive write throughput (SQLite, batched, off the reactor)", f"messages archived, {sname}",
+                   archive_rates, "msg/s", failed, note=f"N={n}; lower bound: start of stream to last commit; failed or dropped writes: {failed}")
         ratio(group, f"relay + proposed patches / zmq.proxy, {sname}",
               rates(per, "RelayService + proposed patches", recv_rate),
               [recv_rate(r) for r in per["zmq.proxy (C)"]], None)

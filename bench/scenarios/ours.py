@@ -74,32 +74,63 @@ class _Profile:
 
 
 def relay(args):
+    import time
+
     from fedmsg_twisted.relay import RelayService
 
     extra = {} if args.relay_hwm < 0 else {"relay_high_water_mark": args.relay_hwm}
     cfg = _config(args, endpoints={"relay_outbound": [args.outbound]}, relay_inbound=[args.inbound], **extra)
     svc = RelayService(cfg)
+    archive = None
+    if args.archive:
+        # The relay as twistd runs it with its default SQLite archive.
+        from fedmsg_twisted.store import Archive
+
+        archive = Archive(None, state_directory=args.archive)
+        archive.start()
+        svc.add_sink(archive.add)
     svc.startService()
     prof = _Profile(args.profile)
-    state = {"c0": common.cpu(), "n0": 0}
+    state = {"c0": common.cpu(), "n0": 0, "t0": time.monotonic(), "s0": 0}
 
     def control(line):
         if line == "mark":
             state["c0"] = common.cpu()
             state["n0"] = svc.counters.get("received")
+            state["t0"] = time.monotonic()
+            state["s0"] = archive.counters["stored"] if archive is not None else 0
             prof.start()
         elif line == "stop" and reactor.running:
             prof.stop()
-            common.result(
-                role="relay",
-                cpu=common.cpu() - state["c0"],
-                rss_kb=common.rss_kb(),
-                forwarded=svc.counters.get("forwarded"),
-                received=svc.counters.get("received") - state["n0"],
-                dropped=svc.counters.get("dropped"),
-            )
-            svc.stopService()
-            reactor.stop()
+
+            def report(_=None):
+                extra = {}
+                if archive is not None:
+                    stored = archive.counters["stored"] - state["s0"]
+                    elapsed = time.monotonic() - state["t0"]
+                    extra = {"archived": stored, "archive_rate": stored / max(elapsed, 1e-9),
+                             "archive_failed": archive.counters["failed"] + archive.counters["dropped"]}
+                common.result(
+                    role="relay",
+                    cpu=common.cpu() - state["c0"],
+                    rss_kb=common.rss_kb(),
+                    forwarded=svc.counters.get("forwarded"),
+                    received=svc.counters.get("received") - state["n0"],
+                    dropped=svc.counters.get("dropped"),
+                    **extra,
+                )
+                svc.stopService()
+                d = archive.stop() if archive is not None else None
+                if d is not None:
+                    d.addBoth(lambda _: reactor.stop())
+                else:
+                    reactor.stop()
+
+            if archive is not None:
+                # Archive write throughput: everything received is on disk.
+                archive.flush().addBoth(report)
+            else:
+                report()
 
     _stdin(control)
     common.say("READY")
@@ -317,6 +348,7 @@ def main():
     p.add_argument("--validate", action="store_true")
     p.add_argument("--crypto-config")
     p.add_argument("--profile")
+    p.add_argument("--archive", help="state directory: archive every forwarded message in SQLite there")
     p.add_argument("--mode", default="sign")
     p.add_argument("--inflight", type=int, default=4)
     args = p.parse_args()
