@@ -8,9 +8,11 @@ holds at most C{max_rows} messages, and every statement is cut off after
 C{timeout} seconds (SQLite: a progress handler; PostgreSQL: a transaction-local
 C{statement_timeout}), so one expensive filter cannot tie up a reader thread.
 
-What is indexed: C{seq_id} (the order of arrival), C{timestamp} and
-C{received}.  C{topic}, C{category}, C{username} and C{agent} are columns but
-not indexed; C{contains} and C{package} search the stored body bytes.
+What is indexed: C{seq_id} (the order of arrival), C{timestamp},
+C{received}, C{topic} and C{category}; C{user} and C{package} are exact
+lookups in C{fedmsg_archive_tags}, the usernames and packages the text layer
+(fedmsg.meta's C{msg2usernames}/C{msg2packages}) found in each message when
+it was stored.  C{contains} searches the stored body bytes (not indexed).
 """
 
 from __future__ import annotations
@@ -308,17 +310,6 @@ def _json_forms(text: str) -> list[bytes]:
     return forms
 
 
-def _quoted_forms(text: str) -> list[bytes]:
-    """
-    C{text} as a whole JSON string (quotes included), in both encodings.
-    """
-    forms = [json.dumps(text, ensure_ascii=False).encode("utf-8")]
-    escaped = json.dumps(text).encode("ascii")
-    if escaped not in forms:
-        forms.append(escaped)
-    return forms
-
-
 class _Sql:
     """
     Builds a WHERE clause with C{?} placeholders for one backend dialect.
@@ -345,28 +336,45 @@ class _Sql:
             clause = f"({column} IS NULL OR {clause})"
         self.clauses.append(clause)
 
-    def users(self, values: list[str], negate: bool = False) -> None:
+    def tagged(self, kind: str, values: list[str], negate: bool = False) -> None:
+        """
+        Messages with (or, negated, without) any of these C{kind} tags.
+
+        C{seq_id IN (...)} rather than a correlated C{EXISTS}: SQLite then
+        starts from the tags index instead of scanning the archive.  The
+        negation has to look at every row anyway; C{NOT EXISTS} is what
+        PostgreSQL plans as an anti-join.
+        """
         if not values:
             return
         marks = ",".join("?" * len(values))
-        self.params.extend(values + values)
-        clause = f"(agent IN ({marks}) OR username IN ({marks}))"
+        self.params.append(kind)
+        self.params.extend(values)
+        tags = f"fedmsg_archive_tags t WHERE t.kind = ? AND t.value IN ({marks})"
         if negate:
-            clause = f"NOT coalesce({clause}, FALSE)" if self.backend != "sqlite" else f"NOT coalesce({clause}, 0)"
-        self.clauses.append(clause)
+            self.clauses.append(
+                f"NOT EXISTS (SELECT 1 FROM {tags} AND t.seq_id = fedmsg_archive.seq_id)"
+            )
+        else:
+            self.clauses.append(f"seq_id IN (SELECT t.seq_id FROM {tags})")
+
+    def users(self, values: list[str], negate: bool = False) -> None:
+        self.tagged("user", values, negate)
 
     def packages(self, values: list[str], negate: bool = False) -> None:
-        if not values:
-            return
-        parts = [self.body_has(form) for v in values for form in _quoted_forms(v)]
-        clause = "(" + " OR ".join(parts) + ")"
-        self.clauses.append(f"NOT {clause}" if negate else clause)
+        self.tagged("package", values, negate)
 
     def where(self) -> str:
         return (" WHERE " + " AND ".join(self.clauses)) if self.clauses else ""
 
 
-def _where(q: RawQuery, backend: str) -> _Sql:
+def _where(q: RawQuery, backend: str, has_tags: bool = True) -> _Sql:
+    if not has_tags:
+        for name, values in (("user", q.users), ("package", q.packages),
+                             ("not_user", q.not_users), ("not_package", q.not_packages)):
+            if values:
+                raise QueryError(name, "this archive has no user/package index "
+                                       "(a read-only archive of schema version 1)")
     s = _Sql(backend)
     s.any_of("topic", q.topics)
     s.any_of("category", q.categories)
@@ -434,8 +442,10 @@ def raw(archive: Any, q: RawQuery, timeout: float = DEFAULT_TIMEOUT) -> defer.De
     One page of messages matching C{q}, in arrival (seq_id) order.
 
     @return: Deferred firing with C{(total, [Row, ...])}.
+    @raise QueryError: at once, for C{user}/C{package} filters on an archive
+        without the tags table (a read-only version-1 archive).
     """
-    s = _where(q, archive._backend.name)
+    s = _where(q, archive._backend.name, getattr(archive, "has_tags", True))
     order = "DESC" if q.order == "desc" else "ASC"
     offset = (q.page - 1) * q.rows_per_page
 

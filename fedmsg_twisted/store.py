@@ -25,6 +25,15 @@ Failure policy, because the archive sits on the relay's forwarding path:
     file is not refused: replay can still be served from it, and every write
     is counted as failed.
 
+Schema version 2 adds C{fedmsg_archive_tags}: the usernames and packages
+the text layer (L{fedmsg_twisted.text}, fedmsg.meta's C{msg2usernames} and
+C{msg2packages}) finds in each message, written by the writer thread in the
+message's own transaction, so datagrepper's C{user} and C{package} filters
+are exact index lookups.  A version-1 archive is upgraded in place at start:
+the table and indexes are created at once, tags for the rows already stored
+are filled in the background, in chunks on the writer thread, and the
+version becomes 2 when that is done (see L{Archive.when_indexed}).
+
 Sequence numbers only grow.  SQLite (C{AUTOINCREMENT}) never reuses them, even
 after pruning.  A duplicate C{msg_id} is stored once; adding it again fires
 with the seq_id already stored, flagged C{duplicate}.
@@ -32,6 +41,7 @@ with the seq_id already stored, flagged C{duplicate}.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sqlite3
@@ -61,7 +71,14 @@ __all__ = [
 
 log = Logger(namespace="fedmsg_twisted.store")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions L{Archive.start} opens (1 is upgraded in place when writable).
+_KNOWN_VERSIONS = ("1", "2")
+#: Most tags of one kind kept for one message, and the longest tag indexed.
+#: A longer value is left out rather than cut, so it never matches a prefix.
+MAX_TAGS = 50
+MAX_TAG_LENGTH = 200
+_BACKFILL_CHUNK = 500
 DEFAULT_FILENAME = "archive.sqlite"
 _PRUNE_CHUNK = 5000
 _LOG_EVERY = 60.0  # seconds between repeated "still failing" log lines
@@ -187,6 +204,42 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _tag_ddl(seq_type: str) -> list[str]:
+    """
+    Schema version 2's additions, for either dialect (all idempotent).  The
+    unique index is the one user/package queries use; the one on seq_id
+    serves pruning (and PostgreSQL's cascade).
+    """
+    return [
+        "CREATE TABLE IF NOT EXISTS fedmsg_archive_tags ("
+        f" seq_id {seq_type} NOT NULL REFERENCES fedmsg_archive (seq_id) ON DELETE CASCADE,"
+        " kind TEXT NOT NULL, value TEXT NOT NULL)",
+        "CREATE UNIQUE INDEX IF NOT EXISTS fedmsg_archive_tags_kind_value"
+        " ON fedmsg_archive_tags (kind, value, seq_id)",
+        "CREATE INDEX IF NOT EXISTS fedmsg_archive_tags_seq ON fedmsg_archive_tags (seq_id)",
+        "CREATE INDEX IF NOT EXISTS fedmsg_archive_topic ON fedmsg_archive (topic)",
+        "CREATE INDEX IF NOT EXISTS fedmsg_archive_category ON fedmsg_archive (category)",
+    ]
+
+
+def _bounded_tags(values: Any) -> list[str]:
+    """
+    What a processor returned as at most L{MAX_TAGS} clean, sorted strings.
+    """
+    if isinstance(values, str):
+        values = (values,)
+    try:
+        items = list(values or ())
+    except TypeError:
+        return []
+    out = set()
+    for v in items:
+        v = _clean_text(v)
+        if v and len(v) <= MAX_TAG_LENGTH:
+            out.add(v)
+    return sorted(out)[:MAX_TAGS]
+
+
 # --- backends -----------------------------------------------------------------
 # A backend knows its SQL dialect and how to connect.  All its methods run in
 # a database thread, never in the reactor thread.
@@ -299,10 +352,16 @@ class _SQLite(_Backend):
                     CREATE INDEX IF NOT EXISTS fedmsg_archive_timestamp ON fedmsg_archive (timestamp);
                     CREATE INDEX IF NOT EXISTS fedmsg_archive_received ON fedmsg_archive (received);
                     CREATE TABLE IF NOT EXISTS fedmsg_archive_meta (key TEXT PRIMARY KEY, value TEXT);
-                    INSERT OR IGNORE INTO fedmsg_archive_meta VALUES ('schema_version', '1');
+                    INSERT OR IGNORE INTO fedmsg_archive_meta VALUES ('schema_version', '2');
                     COMMIT;
                     """
                 )
+            # Version 2's additions; on a version-1 file this is the upgrade
+            # (L{Archive} then fills the tags of the rows already there).
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _tag_ddl("INTEGER"):
+                conn.execute(statement)
+            conn.execute("COMMIT")
         except sqlite3.OperationalError as e:
             if conn.in_transaction:
                 conn.rollback()
@@ -325,9 +384,10 @@ class _SQLite(_Backend):
             ).fetchone()
         except sqlite3.DatabaseError as e:
             raise ArchiveError(f"{self.path}: not a usable SQLite archive: {e}") from None
-        if row is None or row[0] != str(SCHEMA_VERSION):
+        if row is None or row[0] not in _KNOWN_VERSIONS:
             raise ArchiveError(
-                f"{self.path}: archive schema version {row and row[0]!r} is not {SCHEMA_VERSION}"
+                f"{self.path}: archive schema version {row and row[0]!r} is not "
+                f"{' or '.join(_KNOWN_VERSIONS)}"
             )
 
     def begin(self, conn: sqlite3.Connection) -> None:
@@ -393,14 +453,17 @@ class _Postgres(_Backend):
                     "ON CONFLICT (key) DO NOTHING",
                     (str(SCHEMA_VERSION),),
                 )
+                for statement in _tag_ddl("BIGINT"):
+                    conn.execute(statement)
             row = conn.execute(
                 "SELECT value FROM fedmsg_archive_meta WHERE key = 'schema_version'"
             ).fetchone()
         except psycopg.Error as e:
             raise ArchiveError(f"{self.describe()}: cannot create the archive tables: {e}") from None
-        if row is None or row[0] != str(SCHEMA_VERSION):
+        if row is None or row[0] not in _KNOWN_VERSIONS:
             raise ArchiveError(
-                f"{self.describe()}: archive schema version {row and row[0]!r} is not {SCHEMA_VERSION}"
+                f"{self.describe()}: archive schema version {row and row[0]!r} is not "
+                f"{' or '.join(_KNOWN_VERSIONS)}"
             )
         return True
 
@@ -440,6 +503,8 @@ class _Pending:
     body: bytes
     d: defer.Deferred
     seq_id: int | None = None
+    #: The parsed envelope, for the tags (computed in the writer thread).
+    envelope: Mapping[str, Any] | None = None
 
 
 class Archive:
@@ -460,7 +525,12 @@ class Archive:
         (default: the reactor).
     @param stats: a L{fedmsg_twisted.stats.Counters} that also receives the
         counters, as C{("archive", "stored"|"duplicates"|"failed"|"dropped"|
-        "batches"|"pruned"|"prune_failed")}.
+        "batches"|"pruned"|"prune_failed"|"backfilled"|"backfill_failed")}.
+    @param text: the L{fedmsg_twisted.text.TextLayer} whose processors name a
+        message's users and packages (default: one built from C{text_config},
+        in the writer thread, when first needed).
+    @param text_config: the config for that default text layer
+        (C{topic_prefix}, processors' own keys).
     """
 
     def __init__(
@@ -478,6 +548,8 @@ class Archive:
         reactor: Any = None,
         clock: Any = None,
         stats: Any = None,
+        text: Any = None,
+        text_config: Mapping[str, Any] | None = None,
     ) -> None:
         if reactor is None:
             from twisted.internet import reactor as _reactor
@@ -520,6 +592,14 @@ class Archive:
         self.identity: str | None = None
         #: The highest seq_id known to be committed (L{None}: empty archive).
         self.committed_seq: int | None = None
+        self._text = text
+        self._text_config = text_config
+        #: Whether the tags table exists (False only for a read-only
+        #: version-1 archive), and whether every stored row has its tags.
+        self.has_tags = False
+        self.indexed = False
+        self._index_waiters: list[defer.Deferred] = []
+        self._backfill: defer.Deferred | None = None
 
     @classmethod
     def from_config(
@@ -542,6 +622,7 @@ class Archive:
             max_pending=config.get("archive_max_pending", 100_000),
             reactor=reactor,
             stats=stats,
+            text_config=config,
         )
 
     def __repr__(self) -> str:
@@ -570,7 +651,7 @@ class Archive:
         self._writer_pool = self._pool("fedmsg-archive-writer", 1)
         self._reader_pool = self._pool("fedmsg-archive-reader", self._readers)
         try:
-            self.writable, latest, self.identity = await self._on_writer(self._open_writer)
+            self.writable, latest, self.identity, version = await self._on_writer(self._open_writer)
         except BaseException as e:
             self._starting = False
             waiting, self._pending = self._pending, []
@@ -579,6 +660,7 @@ class Archive:
                 self._report_failure(len(waiting), f"the archive could not be opened: {e}")
             for p in waiting:
                 p.d.callback(None)
+            self._release_waiters()
             await self._close_pools()
             raise
         self._starting = False
@@ -598,13 +680,23 @@ class Archive:
             self._prune_loop.start(self.prune_interval, now=True)
         if self._pending:
             self._flush()
+        if version == str(SCHEMA_VERSION):
+            self._set_indexed()
+        elif self.writable:
+            self._backfill = defer.Deferred.fromCoroutine(self._run_backfill())
+        else:
+            self._release_waiters()  # read-only version 1: never complete
 
-    def _open_writer(self) -> tuple[bool, int | None, str]:
+    def _open_writer(self) -> tuple[bool, int | None, str, str]:
         conn = self._backend.connect(writer=True)
         try:
             writable = self._backend.init_schema(conn)
             (latest,) = conn.execute("SELECT max(seq_id) FROM fedmsg_archive").fetchone()
             identity = self._identity(conn, writable)
+            version = self._meta(conn, "schema_version")
+            self.has_tags = self._tags_table_exists(conn)
+            if version != str(SCHEMA_VERSION) and writable:
+                self._begin_upgrade(conn, latest)
         except _ReadOnly:
             conn.close()
             self._backend.read_only = True  # type: ignore[attr-defined]
@@ -613,7 +705,178 @@ class Archive:
             conn.close()
             raise
         self._writer_conn = conn
-        return writable, latest, identity
+        return writable, latest, identity, version
+
+    def _meta(self, conn: Any, key: str) -> str | None:
+        row = conn.execute(
+            self._backend.sql("SELECT value FROM fedmsg_archive_meta WHERE key = ?"), (key,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def _tags_table_exists(self, conn: Any) -> bool:
+        if self._backend.name == "sqlite":
+            sql = "SELECT 1 FROM sqlite_master WHERE type='table' AND name='fedmsg_archive_tags'"
+        else:
+            sql = "SELECT to_regclass('fedmsg_archive_tags') IS NOT NULL"
+        row = conn.execute(sql).fetchone()
+        return bool(row and row[0])
+
+    def _begin_upgrade(self, conn: Any, latest: int | None) -> None:
+        """
+        Version 1 to 2: the tables exist now (L{_Backend.init_schema}); note
+        which rows predate the tags, once, so a restart resumes the backfill.
+        Rows written from now on get their tags as they are stored.
+        """
+        b = self._backend
+        b.begin(conn)
+        try:
+            insert = b.sql(
+                "INSERT INTO fedmsg_archive_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+            )
+            conn.execute(insert, ("tags_backfill_upto", str(latest or 0)))
+            conn.execute(insert, ("tags_backfill_done", "0"))
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except Exception:
+                pass
+            raise
+        log.info("Archive {url}: upgrading schema version 1 to 2 (user/package tags)", url=self.url)
+
+    async def _run_backfill(self) -> None:
+        # One chunk per writer-thread job, so batches of new messages are
+        # written in between and the relay never waits for the upgrade.
+        total = 0
+        try:
+            while self.running:
+                n = await self._on_writer(self._backfill_chunk)
+                if n is None:
+                    self._set_indexed()
+                    log.info("Archive {url}: tags filled for {n} earlier messages; schema version 2",
+                             url=self.url, n=total)
+                    return
+                total += n
+                self.counters["backfilled"] += n
+        except Exception:
+            self.counters["backfill_failed"] += 1
+            log.failure("Archive {url}: filling in tags failed; will resume at next start", url=self.url)
+        finally:
+            self._backfill = None
+            self._release_waiters()
+
+    def _backfill_chunk(self) -> int | None:
+        """
+        Tags for the next chunk of version-1 rows: how many rows, or None
+        when there are no more and the version is now 2.
+        """
+        b = self._backend
+        conn = self._writer()
+        b.begin(conn)
+        try:
+            upto, done = self._meta(conn, "tags_backfill_upto"), self._meta(conn, "tags_backfill_done")
+            if upto is None or done is None:  # another process sharing it finished
+                conn.execute("COMMIT")
+                return None
+            rows = conn.execute(
+                b.sql(
+                    "SELECT seq_id, topic, body FROM fedmsg_archive WHERE seq_id > ? AND seq_id <= ?"
+                    f" ORDER BY seq_id LIMIT {_BACKFILL_CHUNK}"
+                ),
+                (int(done), int(upto)),
+            ).fetchall()
+            update = b.sql("UPDATE fedmsg_archive_meta SET value = ? WHERE key = ?")
+            if rows:
+                tags = []
+                for seq, topic, body in rows:
+                    try:
+                        env = json.loads(bytes(body))
+                    except ValueError:
+                        env = None
+                    tags += [(seq, k, v) for k, v in self._tags_for(topic, env)]
+                self._insert_tags(conn, tags)
+                conn.execute(update, (str(rows[-1][0]), "tags_backfill_done"))
+            else:
+                conn.execute(update, (str(SCHEMA_VERSION), "schema_version"))
+                conn.execute(
+                    b.sql("DELETE FROM fedmsg_archive_meta WHERE key IN (?, ?)"),
+                    ("tags_backfill_upto", "tags_backfill_done"),
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            try:
+                conn.execute("ROLLBACK")
+            except Exception:
+                pass
+            raise
+        return len(rows) if rows else None
+
+    def _set_indexed(self) -> None:
+        self.indexed = True
+        self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        waiters, self._index_waiters = self._index_waiters, []
+        for d in waiters:
+            d.callback(self.indexed)
+
+    def when_indexed(self) -> defer.Deferred:
+        """
+        Fires with True once every stored message has its user/package tags
+        (at once for a version-2 archive; after the backfill for one being
+        upgraded), or with False if it is not running (or stops, or is
+        read-only) before that.
+        """
+        if self.indexed:
+            return defer.succeed(True)
+        if not self._starting and (not self.running or self._backfill is None):
+            return defer.succeed(False)
+        d: defer.Deferred = defer.Deferred()
+        self._index_waiters.append(d)
+        return d
+
+    # -- tags ----------------------------------------------------------------------
+
+    def _text_layer(self) -> Any:
+        if self._text is None:
+            from fedmsg_twisted.text import TextLayer
+
+            self._text = TextLayer(self._text_config or {})
+        return self._text
+
+    def _tags_for(self, topic: str, envelope: Any) -> list[tuple[str, str]]:
+        """
+        C{(kind, value)} for a message: the text layer's usernames and
+        packages, bounded.  Runs in the writer thread; never raises.
+        """
+        if not isinstance(envelope, Mapping):
+            return []
+        msg = envelope if isinstance(envelope.get("topic"), str) else dict(envelope, topic=topic)
+        try:
+            p = self._text_layer().processor_for(msg)
+        except Exception:
+            log.failure("Archive {url}: no text processor for {topic}", url=self.url, topic=topic)
+            return []
+        out: list[tuple[str, str]] = []
+        for kind, method in (("user", "usernames"), ("package", "packages")):
+            try:
+                values = getattr(p, method)(msg)
+            except Exception as e:
+                # As fedmsg.meta: a processor meeting an older payload shape.
+                log.debug("{p!r}.{method} failed on {topic}: {e!r}", p=p, method=method, topic=topic, e=e)
+                continue
+            out += [(kind, v) for v in _bounded_tags(values)]
+        return out
+
+    def _insert_tags(self, conn: Any, tags: list[tuple[int, str, str]]) -> None:
+        if tags:
+            conn.cursor().executemany(
+                self._backend.sql(
+                    "INSERT INTO fedmsg_archive_tags (seq_id, kind, value) VALUES (?, ?, ?)"
+                    " ON CONFLICT DO NOTHING"
+                ),
+                tags,
+            )
 
     def _identity(self, conn: Any, writable: bool) -> str:
         b = self._backend
@@ -658,6 +921,9 @@ class Archive:
         self._flush()
         while self._inflight:
             await defer.DeferredList(list(self._inflight), consumeErrors=True)
+        if self._backfill is not None:
+            await self._backfill  # stops after the chunk in progress
+        self._release_waiters()
         await self._on_writer(self._close_writer)
         await self._close_pools()
 
@@ -741,6 +1007,7 @@ class Archive:
                 body=bytes(body),
                 d=d,
                 seq_id=None if seq_id is None else int(seq_id),
+                envelope=envelope,
             )
         except Exception as e:
             # A caller's bug must not break its forwarding path either.
@@ -829,6 +1096,10 @@ class Archive:
         conn = self._writer()
         ids = list({p.msg_id for p in batch if p.msg_id is not None})
         known: dict[str, int] = {}
+        # Worked out before the transaction, so the write lock is held only
+        # for the inserts.
+        tags_of = [self._tags_for(p.topic, p.envelope) if self.has_tags else [] for p in batch]
+        tags: list[tuple[int, str, str]] = []
         b.begin(conn)
         try:
             for i in range(0, len(ids), 500):
@@ -849,7 +1120,7 @@ class Archive:
                 " ON CONFLICT DO NOTHING RETURNING seq_id"
             )
             lookup = b.sql("SELECT seq_id FROM fedmsg_archive WHERE msg_id = ?")
-            for p in batch:
+            for p, p_tags in zip(batch, tags_of):
                 if p.msg_id is not None and p.msg_id in known:
                     out.append(Stored(known[p.msg_id], duplicate=True))
                     continue
@@ -876,7 +1147,9 @@ class Archive:
                 (seq,) = row
                 if p.msg_id is not None:
                     known[p.msg_id] = seq
+                tags += [(seq, kind, value) for kind, value in p_tags]
                 out.append(Stored(seq))
+            self._insert_tags(conn, tags)
             conn.execute("COMMIT")
         except BaseException:
             try:
@@ -922,15 +1195,13 @@ class Archive:
     def _delete_chunk(self, where: str, params: tuple) -> int:
         b = self._backend
         conn = self._writer()
+        chunk = f"SELECT seq_id FROM fedmsg_archive WHERE {where} ORDER BY seq_id LIMIT {_PRUNE_CHUNK}"
         b.begin(conn)
         try:
-            cur = conn.execute(
-                b.sql(
-                    "DELETE FROM fedmsg_archive WHERE seq_id IN (SELECT seq_id FROM fedmsg_archive"
-                    f" WHERE {where} ORDER BY seq_id LIMIT {_PRUNE_CHUNK})"
-                ),
-                params,
-            )
+            if self.has_tags:
+                # The same chunk: nothing else deletes within the transaction.
+                conn.execute(b.sql(f"DELETE FROM fedmsg_archive_tags WHERE seq_id IN ({chunk})"), params)
+            cur = conn.execute(b.sql(f"DELETE FROM fedmsg_archive WHERE seq_id IN ({chunk})"), params)
             n = cur.rowcount
             conn.execute("COMMIT")
         except BaseException:

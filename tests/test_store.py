@@ -5,6 +5,7 @@ Tests for L{fedmsg_twisted.store}: real SQLite files and a real PostgreSQL.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import tempfile
 
@@ -12,7 +13,7 @@ from twisted.internet import defer, task
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
 
-from fedmsg_twisted import encoding
+from fedmsg_twisted import encoding, store
 from fedmsg_twisted.config import from_dict
 from fedmsg_twisted.stats import Counters
 from fedmsg_twisted.store import Archive, ArchiveError, ArchiveService, ResultTooLarge, Row, Stored, category_of
@@ -304,12 +305,212 @@ class _ArchiveTests:
         self.assertEqual((yield defer.gatherResults(ds[:2])), [1, 2])
         self.assertEqual(archive.counters["dropped"], 1)
 
+    # -- schema version 2: user/package tags ----------------------------------------
+
+    async def tags(self, archive: Archive) -> list[tuple]:
+        def read():
+            return sorted(
+                tuple(r)
+                for r in archive._reader().execute(
+                    "SELECT seq_id, kind, value FROM fedmsg_archive_tags"
+                ).fetchall()
+            )
+
+        return await archive._on_reader(read)
+
+    async def schema_meta(self, archive: Archive) -> dict:
+        def read():
+            return dict(archive._reader().execute("SELECT key, value FROM fedmsg_archive_meta").fetchall())
+
+        return await archive._on_reader(read)
+
+    @defer.inlineCallbacks
+    def test_tags_are_what_the_text_layer_names(self):
+        """
+        Each stored message gets the usernames and packages of the text
+        layer's processor for it, written with the message; a duplicate
+        adds none.  A package in a payload no processor reads is no tag.
+        """
+        archive = yield defer.Deferred.fromCoroutine(self.started())
+        self.assertTrue((yield archive.when_indexed()))
+        envs = [
+            envelope(1, "org.debian.dev.debbugs.bug.report", username="jane",
+                     msg={"bug": 7, "source": "nethack", "package": "nethack-x11", "title": "crash"}),
+            envelope(2, "org.debian.dev.dak.upload.accepted", username="ralph",
+                     msg={"source": "kernel", "version": "6.1-1", "maintainer": "nethack"}),
+            envelope(3, "org.example.dev.logger.log", username="pingou",
+                     msg={"log": "hi", "agent": "alice", "package": "nethack"}),
+            envelope(4, "org.example.dev.bodhi.update.comment", username=None,
+                     msg={"update": {"packages": ["nethack"]}, "agent": "alice"}),
+        ]
+        yield defer.Deferred.fromCoroutine(self.add_many(archive, envs))
+        dup = yield archive.add(envs[0]["topic"], body(envs[0]), envs[0])
+        self.assertTrue(dup.duplicate)
+        self.assertEqual(
+            (yield defer.Deferred.fromCoroutine(self.tags(archive))),
+            [(1, "package", "nethack"), (1, "user", "jane"), (2, "package", "kernel"),
+             (2, "user", "ralph"), (3, "user", "pingou")],
+        )
+
+    @defer.inlineCallbacks
+    def test_tags_are_bounded_and_processor_errors_harmless(self):
+        """
+        At most C{MAX_TAGS} of a kind per message; a value longer than
+        C{MAX_TAG_LENGTH} is left out (never cut to a prefix); a processor
+        that raises costs its tags, not the message.
+        """
+        from fedmsg_twisted.text import Processor, TextLayer
+
+        class Crowd(Processor):
+            name = "crowd"
+
+            def usernames(self, msg):
+                return {f"user{i:03d}" for i in range(80)} | {"x" * (store.MAX_TAG_LENGTH + 1), "", 5}
+
+            def packages(self, msg):
+                return "single"  # a string, not a set: one package
+
+        class Broken(Processor):
+            name = "broken"
+
+            def usernames(self, msg):
+                raise KeyError("agent")
+
+            packages = usernames
+
+        layer = TextLayer({}, processors=[Crowd, Broken])
+        archive = yield defer.Deferred.fromCoroutine(self.started(text=layer))
+        yield defer.Deferred.fromCoroutine(self.add_many(archive, [
+            envelope(1, "org.example.dev.crowd.x"), envelope(2, "org.example.dev.broken.x"),
+        ]))
+        tags = yield defer.Deferred.fromCoroutine(self.tags(archive))
+        users = [v for s, k, v in tags if k == "user"]
+        self.assertEqual(users, [f"user{i:03d}" for i in range(store.MAX_TAGS)])
+        self.assertEqual([t for t in tags if t[1] == "package"], [(1, "package", "single")])
+        self.assertNotIn(2, {t[0] for t in tags})
+        self.assertEqual((yield archive.count()), 2)
+
+    @defer.inlineCallbacks
+    def test_pruning_removes_tags(self):
+        archive = yield defer.Deferred.fromCoroutine(
+            self.started(retention_count=1, prune_interval=3600)
+        )
+        envs = [envelope(n, "org.example.dev.logger.log", username=f"u{n}") for n in (1, 2, 3)]
+        yield defer.Deferred.fromCoroutine(self.add_many(archive, envs))
+        self.assertEqual(len((yield defer.Deferred.fromCoroutine(self.tags(archive)))), 3)
+        self.assertEqual((yield archive.prune()), 2)
+        self.assertEqual((yield defer.Deferred.fromCoroutine(self.tags(archive))), [(3, "user", "u3")])
+
+    V1_ROWS = [
+        envelope(1, "org.debian.dev.debbugs.bug.report", username="jane",
+                 msg={"bug": 7, "source": "nethack", "title": "crash"}),
+        envelope(2, "org.example.dev.logger.log", username="ralph", msg={"log": "nethack"}),
+        envelope(3, "org.example.dev.bodhi.update.comment", username="pingou",
+                 msg={"update": {"packages": ["nethack"]}}),
+        envelope(4, "org.debian.dev.dak.upload.accepted", username="ralph", msg={"source": "kernel"}),
+        envelope(5, "org.example.dev.logger.log", username="jane", msg={"log": "x"}),
+    ]
+
+    async def write_v1(self, envs: list[dict]) -> None:
+        raise NotImplementedError
+
+    @defer.inlineCallbacks
+    def test_upgrades_a_version_1_archive(self):
+        """
+        A version-1 archive (written here with the version-1 DDL) is opened,
+        its rows get their tags in the background, in chunks, while new
+        messages are stored; then it is version 2 and user/package queries
+        are exact.  Reopened, it is indexed at once.
+        """
+        from fedmsg_twisted import query
+
+        self.patch(store, "_BACKFILL_CHUNK", 2)  # three chunks for five rows
+        yield defer.Deferred.fromCoroutine(self.write_v1(self.V1_ROWS))
+        archive = yield defer.Deferred.fromCoroutine(self.started())
+        self.assertTrue(archive.has_tags)
+        new = envelope(6, "org.example.dev.logger.log", username="ralph", msg={"log": "new"})
+        self.assertEqual((yield archive.add(new["topic"], body(new), new)), 6)
+        self.assertTrue((yield archive.when_indexed()))
+        self.assertEqual(archive.counters["backfilled"], 5)
+        self.assertEqual(
+            (yield defer.Deferred.fromCoroutine(self.tags(archive))),
+            [(1, "package", "nethack"), (1, "user", "jane"), (2, "user", "ralph"),
+             (3, "user", "pingou"), (4, "package", "kernel"), (4, "user", "ralph"),
+             (5, "user", "jane"), (6, "user", "ralph")],
+        )
+        meta = yield defer.Deferred.fromCoroutine(self.schema_meta(archive))
+        self.assertEqual(meta["schema_version"], "2")
+        self.assertFalse({"tags_backfill_upto", "tags_backfill_done"} & set(meta))
+
+        async def ids(**kw):
+            total, rows = await query.raw(archive, query.RawQuery(order="asc", **kw))
+            self.assertEqual(total, len(rows))
+            return [r.seq_id for r in rows]
+
+        q = lambda **kw: defer.Deferred.fromCoroutine(ids(**kw))  # noqa: E731
+        self.assertEqual((yield q(packages=["nethack"])), [1])
+        self.assertEqual((yield q(users=["ralph"])), [2, 4, 6])
+        self.assertEqual((yield q(users=["ralph"], not_packages=["kernel"])), [2, 6])
+        self.assertEqual((yield q(not_users=["ralph", "jane"])), [3])
+        yield archive.stop()
+        again = yield defer.Deferred.fromCoroutine(self.started())
+        self.assertTrue(again.indexed)
+        self.assertEqual(again.counters["backfilled"], 0)
+        self.assertEqual((yield again.latest_seq()), 6)
+
+    @defer.inlineCallbacks
+    def test_upgrade_resumes_after_a_stop(self):
+        """
+        Stopped halfway through the backfill, the archive is still version 1
+        and the next start finishes the job without doing it twice.
+        """
+        self.patch(store, "_BACKFILL_CHUNK", 2)
+        yield defer.Deferred.fromCoroutine(self.write_v1(self.V1_ROWS))
+        archive = yield defer.Deferred.fromCoroutine(self.make_archive())
+        yield archive.start()
+        yield archive.stop()  # after the chunk in progress, if any
+        self.assertLess(archive.counters["backfilled"], 5)
+        self.assertFalse((yield archive.when_indexed()))
+        again = yield defer.Deferred.fromCoroutine(self.started())
+        self.assertTrue((yield again.when_indexed()))
+        self.assertEqual(archive.counters["backfilled"] + again.counters["backfilled"], 5)
+        self.assertEqual(len((yield defer.Deferred.fromCoroutine(self.tags(again)))), 7)
+
 
 class SQLiteArchiveTests(_ArchiveTests, unittest.TestCase):
     async def make_archive(self, **kw) -> Archive:
         if not hasattr(self, "_dir"):
             self._dir = self.mktemp()
         return Archive(state_directory=self._dir, **kw)
+
+    V1_DDL = """
+        CREATE TABLE fedmsg_archive (
+            seq_id INTEGER PRIMARY KEY AUTOINCREMENT, msg_id TEXT UNIQUE, topic TEXT NOT NULL,
+            timestamp REAL, username TEXT, agent TEXT, category TEXT, received REAL NOT NULL,
+            body BLOB NOT NULL
+        );
+        CREATE INDEX fedmsg_archive_timestamp ON fedmsg_archive (timestamp);
+        CREATE INDEX fedmsg_archive_received ON fedmsg_archive (received);
+        CREATE TABLE fedmsg_archive_meta (key TEXT PRIMARY KEY, value TEXT);
+        INSERT INTO fedmsg_archive_meta VALUES ('schema_version', '1');
+        INSERT INTO fedmsg_archive_meta VALUES ('archive_id', 'v1archive');
+    """
+
+    async def write_v1(self, envs: list[dict]) -> None:
+        if not hasattr(self, "_dir"):
+            self._dir = self.mktemp()
+        os.makedirs(self._dir)
+        conn = sqlite3.connect(os.path.join(self._dir, "archive.sqlite"))
+        with conn:
+            conn.executescript(self.V1_DDL)
+            for e in envs:
+                conn.execute(
+                    "INSERT INTO fedmsg_archive (msg_id, topic, timestamp, username, agent, category,"
+                    " received, body) VALUES (?, ?, ?, ?, NULL, ?, ?, ?)",
+                    (e["msg_id"], e["topic"], e["timestamp"], e["username"], category_of(e["topic"]),
+                     e["timestamp"], body(e)),
+                )
+        conn.close()
 
     @defer.inlineCallbacks
     def test_default_location(self):
@@ -438,6 +639,38 @@ class SQLiteArchiveTests(_ArchiveTests, unittest.TestCase):
         self.assertEqual(loud[0]["log_level"].name, "critical")
 
     @defer.inlineCallbacks
+    def test_read_only_version_1(self):
+        """
+        A version-1 archive that cannot be written is served as it is
+        (replay works) and is not upgraded; user/package queries are then
+        refused with an error naming the parameter, other queries work.
+        """
+        from fedmsg_twisted import query
+
+        yield defer.Deferred.fromCoroutine(self.write_v1(self.V1_ROWS))
+        path = os.path.join(self._dir, "archive.sqlite")
+        os.chmod(path, 0o444)
+        os.chmod(self._dir, 0o555)
+        self.addCleanup(os.chmod, self._dir, 0o755)
+        if os.geteuid() == 0:
+            os.chmod(os.path.dirname(os.path.abspath(self._dir)), 0o755)
+            _ensure_traversable(os.path.abspath(self._dir))
+            os.seteuid(65534)
+            self.addCleanup(os.seteuid, 0)
+        ro = Archive(path)
+        yield ro.start()
+        self.addCleanup(ro.stop)
+        self.assertFalse(ro.writable)
+        self.assertFalse(ro.has_tags)
+        self.assertFalse((yield ro.when_indexed()))
+        self.assertEqual([r.seq_id for r in (yield ro.get())], [1, 2, 3, 4, 5])
+        for kw, param in (({"users": ["ralph"]}, "user"), ({"not_packages": ["kernel"]}, "not_package")):
+            e = self.assertRaises(query.QueryError, query.raw, ro, query.RawQuery(**kw))
+            self.assertEqual(e.param, param)
+        total, rows = yield query.raw(ro, query.RawQuery(categories=["logger"]))
+        self.assertEqual(total, 2)
+
+    @defer.inlineCallbacks
     def test_disk_full(self):
         """
         A full disk: add() fires None and counts; once space is back it stores again.
@@ -539,6 +772,36 @@ class PostgresArchiveTests(_ArchiveTests, unittest.TestCase):
         if not hasattr(self, "_pg"):
             self._pg = await pgserver.start_server(self)
         return Archive(self._pg.url, **kw)
+
+    async def write_v1(self, envs: list[dict]) -> None:
+        from twisted.internet import threads
+
+        if not hasattr(self, "_pg"):
+            self._pg = await pgserver.start_server(self)
+
+        def write() -> None:
+            import psycopg
+
+            with psycopg.connect(self._pg.url) as conn:
+                conn.execute(
+                    "CREATE TABLE fedmsg_archive ("
+                    " seq_id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, msg_id TEXT UNIQUE,"
+                    " topic TEXT NOT NULL, timestamp DOUBLE PRECISION, username TEXT, agent TEXT,"
+                    " category TEXT, received DOUBLE PRECISION NOT NULL, body BYTEA NOT NULL)"
+                )
+                conn.execute("CREATE INDEX fedmsg_archive_timestamp ON fedmsg_archive (timestamp)")
+                conn.execute("CREATE INDEX fedmsg_archive_received ON fedmsg_archive (received)")
+                conn.execute("CREATE TABLE fedmsg_archive_meta (key TEXT PRIMARY KEY, value TEXT)")
+                conn.execute("INSERT INTO fedmsg_archive_meta VALUES ('schema_version', '1')")
+                for e in envs:
+                    conn.execute(
+                        "INSERT INTO fedmsg_archive (msg_id, topic, timestamp, username, agent,"
+                        " category, received, body) VALUES (%s, %s, %s, %s, NULL, %s, %s, %s)",
+                        (e["msg_id"], e["topic"], e["timestamp"], e["username"],
+                         category_of(e["topic"]), e["timestamp"], body(e)),
+                    )
+
+        await threads.deferToThread(write)
 
     @defer.inlineCallbacks
     def test_bad_url(self):

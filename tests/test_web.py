@@ -116,6 +116,17 @@ class WebTestCase(unittest.TestCase):
         self.published.append(env)
         return env
 
+    async def send(self, topic: str, msg, username: str) -> dict:
+        """
+        Publish a whole envelope, so the test chooses its C{username}.
+        """
+        n = len(self.published) + 1
+        env = {"i": n, "msg": msg, "msg_id": f"{time.strftime('%Y')}-{n:08d}-0000-4000-8000-0000000000ab",
+               "timestamp": time.time(), "topic": topic, "username": username}
+        await self.pub.publish_envelope(env)
+        self.published.append(env)
+        return env
+
     async def stored(self, n: int | None = None) -> None:
         n = len(self.published) if n is None else n
         await wait_for(lambda: self.archive.counters["stored"] >= n, what=f"{n} messages archived")
@@ -192,26 +203,79 @@ class RawTests(WebTestCase):
         self.assertEqual(await ids({"topic": "org.fedoraproject.dev.git.receive"}), [3])
         self.assertEqual(await ids({"topic": ["org.fedoraproject.dev.git.receive",
                                               "org.fedoraproject.dev.bodhi.update.comment"]}), [2, 3])
-        self.assertEqual(await ids({"user": "ralph"}), [0, 2])
-        self.assertEqual(await ids({"not_user": "ralph"}), [1, 3, 4, 5])
+        # user: the usernames the text layer names (fedmsg.meta's
+        # msg2usernames): here every envelope's own username, while "ralph"
+        # and "pingou" are only payload fields no processor reads.
+        me = p[0]["username"]
+        self.assertTrue(me and all(m["username"] == me for m in p))
+        self.assertEqual(await ids({"user": me}), [0, 1, 2, 3, 4, 5])
+        self.assertEqual(await ids({"user": "ralph"}), [])
+        self.assertEqual(await ids({"not_user": "ralph"}), [0, 1, 2, 3, 4, 5])
+        self.assertEqual(await ids({"not_user": me}), [])
         self.assertEqual(await ids({"not_category": "logger"}), [2, 3, 4])
-        self.assertEqual(await ids({"category": "logger", "user": "pingou"}), [1])
+        self.assertEqual(await ids({"category": "logger", "user": me}), [0, 1, 5])
         self.assertEqual(await ids({"contains": "hello"}), [0])
         # Non-ASCII is stored \u-escaped in canonical JSON: found either way.
         self.assertEqual(await ids({"contains": "caf\u00e9"}), [1])
         self.assertEqual(await ids({"contains": '"quoted"'}), [5])
         self.assertEqual(await ids({"contains": "<script>"}), [5])
         self.assertEqual(await ids({"contains": "%"}), [])  # no LIKE wildcards
-        # package: a whole JSON string value in the body.
-        self.assertEqual(await ids({"package": "nethack"}), [2])
-        self.assertEqual(await ids({"package": "kernel"}), [])
-        self.assertEqual(await ids({"not_package": "nethack"}), [0, 1, 3, 4, 5])
+        # package: what the text layer names (msg2packages); no processor
+        # here names one, so "nethack" in bodhi's payload is no match.
+        self.assertEqual(await ids({"package": "nethack"}), [])
+        self.assertEqual(await ids({"not_package": "nethack"}), [0, 1, 2, 3, 4, 5])
         ts = [m["timestamp"] for m in p]
         self.assertEqual(await ids({"start": ts[0], "end": ts[5]}), [0, 1, 2, 3, 4, 5])
         self.assertEqual(await ids({"start": ts[5] + 1}), [])
         self.assertEqual(await ids({"end": ts[0] - 1}), [])
         self.assertEqual(await ids({"delta": 3600}), [0, 1, 2, 3, 4, 5])
         self.assertEqual(await ids({"end": ts[0] - 100, "delta": 50}), [])
+
+    async def test_user_and_package_are_what_the_text_layer_names(self):
+        """
+        C{user} and C{package} match exactly the usernames and packages the
+        text layer's processors name (datagrepper's semantics, from the
+        tags index), never a word that only appears somewhere in the body.
+        """
+        await self.bus()
+        pre = "org.fedoraproject.dev."
+        await self.send(pre + "debbugs.bug.report", {"bug": 1234, "source": "nethack", "package": "nethack-x11",
+                                                      "title": "crashes", "sender": "Jane <jane@example.org>"}, "jane")
+        await self.send(pre + "dak.upload.accepted", {"source": "kernel", "version": "6.1-1", "distribution": "unstable",
+                                                       "changed_by": "nethack <ralph@example.org>"}, "ralph")
+        # nethack and pingou in fields no processor reads as package or user.
+        await self.send(pre + "logger.log", {"log": "nethack", "agent": "pingou", "package": "nethack",
+                                             "packages": ["nethack"], "username": "pingou"}, "ralph")
+        await self.send(pre + "bodhi.update.comment", {"update": {"packages": ["nethack"]}, "agent": "ralph"}, "pingou")
+        await self.stored()
+        p = self.published
+
+        async def ids(params):
+            got = await self.get_json("/raw?" + urlencode(params, doseq=True) + "&order=asc")
+            self.assertEqual(got["total"], len(got["raw_messages"]))
+            return [p.index(m) for m in got["raw_messages"]]
+
+        self.assertEqual(await ids({"package": "nethack"}), [0])
+        self.assertEqual(await ids({"package": "kernel"}), [1])
+        self.assertEqual(await ids({"package": ["nethack", "kernel"]}), [0, 1])
+        self.assertEqual(await ids({"package": ["nethac", "nethack-x11", "NETHACK"]}), [])
+        self.assertEqual(await ids({"not_package": "nethack"}), [1, 2, 3])
+        self.assertEqual(await ids({"user": "ralph"}), [1, 2])
+        self.assertEqual(await ids({"user": "pingou"}), [3])
+        self.assertEqual(await ids({"user": ["jane", "pingou"]}), [0, 3])
+        self.assertEqual(await ids({"user": ["Jane", "ralp"]}), [])
+        self.assertEqual(await ids({"not_user": "ralph"}), [0, 3])
+        self.assertEqual(await ids({"not_user": ["ralph", "jane"], "not_package": "kernel"}), [3])
+        self.assertEqual(await ids({"user": "ralph", "package": "kernel"}), [1])
+        self.assertEqual(await ids({"user": "ralph", "not_package": "kernel"}), [2])
+        self.assertEqual(await ids({"user": "ralph", "category": "logger"}), [2])
+        self.assertEqual(await ids({"user": "ralph", "contains": "6.1-1"}), [1])
+        # What meta= shows is what the filters match.
+        got = await self.get_json("/raw?order=asc&meta=usernames&meta=packages")
+        self.assertEqual(
+            [(m["meta"]["usernames"], m["meta"]["packages"]) for m in got["raw_messages"]],
+            [(["jane"], ["nethack"]), (["ralph"], ["kernel"]), (["ralph"], []), (["pingou"], [])],
+        )
 
     async def test_pages(self):
         await self.bus()

@@ -22,6 +22,9 @@ class _OnPostgres(_web.WebTestCase):
 class PGRawTests(_OnPostgres):
     test_everything_newest_first = _web.RawTests.test_everything_newest_first
     test_filters = _web.RawTests.test_filters
+    test_user_and_package_are_what_the_text_layer_names = (
+        _web.RawTests.test_user_and_package_are_what_the_text_layer_names
+    )
     test_pages = _web.RawTests.test_pages
     test_id = _web.RawTests.test_id
     test_statement_timeout = _web.RawTests.test_statement_timeout
