@@ -43,6 +43,7 @@ def make_archive(config: Any) -> Any:
         batch_interval=config["archive_batch_interval"],
         batch_size=config["archive_batch_size"],
         max_pending=config["archive_max_pending"],
+        text_config=config,
     )
     _preflight(archive)
     return archive
