@@ -29,11 +29,12 @@ def publish(topic=None, msg=None, modname=None, **kw):
     return _publish(topic=topic, msg=msg, modname=modname, **kw)
 
 
-def tail_messages(topic="", **config):
+def tail_messages(topic="", **settings):
     """
-    Yield C{(name, endpoint, topic, msg)} for every message on the bus.
+    Yield C{(name, endpoint, topic, msg)} for every message on the bus;
+    C{settings} is a config, as in C{tail_messages(**config)}.
     See L{fedmsg_twisted.blocking.tail_messages}.
     """
     from fedmsg_twisted.blocking import tail_messages as _tail
 
-    return _tail(topic=topic, **config)
+    return _tail(topic=topic, **settings)

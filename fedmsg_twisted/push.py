@@ -38,7 +38,6 @@ import json
 from typing import Any, Mapping
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 from OpenSSL import crypto as _ossl
 from twisted.application.service import Service
@@ -50,7 +49,7 @@ from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 from zope.interface import implementer
 
-from fedmsg_twisted import encoding
+from fedmsg_twisted import encoding, tls
 from fedmsg_twisted.config import ConfigError
 from fedmsg_twisted.envelope import Envelopes
 from fedmsg_twisted.stats import Counters
@@ -86,33 +85,6 @@ class PushError(RuntimeError):
 # -- TLS material ------------------------------------------------------------
 
 
-def _read(config: Mapping[str, Any], key: str) -> tuple[str, bytes]:
-    path = config.get(key)
-    if not path:
-        raise ConfigError(f"push: push_listen is set but {key!r} is not")
-    try:
-        with open(path, "rb") as f:
-            return path, f.read()
-    except OSError as e:
-        raise ConfigError(f"push: {key} {path}: cannot read: {e.strerror}") from None
-
-
-def _certificates(key: str, path: str, data: bytes) -> list[x509.Certificate]:
-    try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        certs = []
-    if not certs:
-        raise ConfigError(f"push: {key} {path} holds no PEM certificate")
-    return certs
-
-
-def _key_bytes(public_key: Any) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
 def load_server_material(
     config: Mapping[str, Any], now: datetime.datetime | None = None
 ) -> tuple[Any, list[x509.Certificate], list[x509.Certificate]]:
@@ -123,35 +95,10 @@ def load_server_material(
     @return: C{(private key, [leaf, *chain], [ca, ...])} as C{cryptography} objects.
     @raise ConfigError: naming the key and the file that is wrong.
     """
-    crt_path, crt_data = _read(config, "push_certificate")
-    key_path, key_data = _read(config, "push_private_key")
-    ca_path, ca_data = _read(config, "push_ca")
-    chain = _certificates("push_certificate", crt_path, crt_data)
-    cas = _certificates("push_ca", ca_path, ca_data)
-    try:
-        key = serialization.load_pem_private_key(key_data, password=None)
-    except TypeError:
-        raise ConfigError(
-            f"push: push_private_key {key_path} is encrypted; give an unencrypted key "
-            "(readable only by the relay's user)"
-        ) from None
-    except (ValueError, serialization.UnsupportedAlgorithm) as e:
-        raise ConfigError(f"push: push_private_key {key_path} is not a PEM private key ({e})") from None
-    if _key_bytes(key.public_key()) != _key_bytes(chain[0].public_key()):
-        raise ConfigError(
-            f"push: push_private_key {key_path} does not match push_certificate {crt_path}"
-        )
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    leaf = chain[0]
-    if leaf.not_valid_after_utc < now:
-        raise ConfigError(
-            f"push: push_certificate {crt_path} expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
-        )
-    if leaf.not_valid_before_utc > now:
-        raise ConfigError(
-            f"push: push_certificate {crt_path} is not valid before "
-            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
-        )
+    missing = "push_listen is set but {key} is not"
+    key, chain = tls.load_key_and_chain(config, "push", "push_certificate", "push_private_key", missing, now)
+    ca_path, ca_data = tls.read_pem(config, "push_ca", "push", missing.format(key="'push_ca'"))
+    cas = tls.load_certificates("push", "push_ca", ca_path, ca_data)
     return key, chain, cas
 
 

@@ -467,40 +467,11 @@ def tls_options(config: Mapping[str, Any], now: datetime.datetime | None = None)
 
     @raise ConfigError: naming the key and the file that is wrong.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+    from fedmsg_twisted import tls
 
-    def read(key: str) -> tuple[str, bytes]:
-        path = config.get(key)
-        if not path:
-            raise ConfigError(f"web: web_listen uses ssl: but {key!r} is not set")
-        try:
-            with open(path, "rb") as f:
-                return path, f.read()
-        except OSError as e:
-            raise ConfigError(f"web: {key} {path}: cannot read: {e.strerror}") from None
-
-    crt_path, crt = read("web_certificate")
-    key_path, key_data = read("web_private_key")
-    try:
-        chain = x509.load_pem_x509_certificates(crt)
-    except ValueError:
-        chain = []
-    if not chain:
-        raise ConfigError(f"web: web_certificate {crt_path} holds no PEM certificate")
-    try:
-        key = serialization.load_pem_private_key(key_data, password=None)
-    except TypeError:
-        raise ConfigError(f"web: web_private_key {key_path} is encrypted; give an unencrypted key") from None
-    except (ValueError, serialization.UnsupportedAlgorithm) as e:
-        raise ConfigError(f"web: web_private_key {key_path} is not a PEM private key ({e})") from None
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
-    if key.public_key().public_bytes(der, spki) != chain[0].public_key().public_bytes(der, spki):
-        raise ConfigError(f"web: web_private_key {key_path} does not match web_certificate {crt_path}")
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    if chain[0].not_valid_after_utc < now:
-        raise ConfigError(f"web: web_certificate {crt_path} expired on {chain[0].not_valid_after_utc:%Y-%m-%d}")
+    key, chain = tls.load_key_and_chain(
+        config, "web", "web_certificate", "web_private_key", "web_listen uses ssl: but {key} is not set", now
+    )
     options = CertificateOptions(
         privateKey=key, certificate=chain[0], extraCertChain=chain[1:], raiseMinimumTo=TLSVersion.TLSv1_2
     )
