@@ -40,6 +40,7 @@ from fedmsg_twisted.envelope import Envelopes
 log = Logger(namespace="fedmsg_twisted.heal")
 
 __all__ = [
+    "AppendLog",
     "Healer",
     "RelayHeartbeat",
     "get_index",
@@ -63,6 +64,163 @@ def heartbeat_topic(config: Mapping[str, Any]) -> str:
 
 def is_heartbeat(topic: str) -> bool:
     return topic.endswith(HEARTBEAT_SUFFIX)
+
+
+# -- a record that survives kill -9 ------------------------------------------------
+
+
+def _fsync(fd: int) -> None:
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # closed by a rotation meanwhile: that one syncs it itself
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class AppendLog:
+    """
+    An append-only file of short lines (the subscriber's journal of processed
+    msg_ids, the publisher's outbox).
+
+    Each line is written with one C{os.write} as it happens: the data is then
+    in the kernel's page cache, which outlives the process, so a kill -9
+    cannot lose it.  That write is a memory copy, not disk I/O; C{fsync} (for
+    power loss) is what blocks, and it runs in a thread, batched: at most one
+    at a time, the next one covering everything written meanwhile.
+
+    Compaction is the owner's: L{rotate} renames the file to C{PATH.old} and
+    starts an empty one; the owner writes a snapshot of its state (in a
+    thread), then calls L{finish_rotation} there.  L{load} reads C{PATH.old}
+    (left by a crash before the snapshot was written) and then C{PATH}.
+    """
+
+    def __init__(self, path: str, track: Any = None) -> None:
+        self.path = path
+        self.old = path + ".old"
+        self.fd: int | None = None
+        #: Lines appended since the last rotation.
+        self.count = 0
+        self.failed = 0
+        self._track = track or (lambda d: None)
+        self._syncing = False
+        self._dirty = False
+
+    def load(self) -> list[str]:
+        """
+        Every complete line of C{PATH.old} then C{PATH} (blocking: start-up
+        only).  A line cut by a crash mid-write is dropped.
+        """
+        out: list[str] = []
+        for p in (self.old, self.path):
+            try:
+                with open(p, "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            lines = data.split(b"\n")
+            for line in lines[:-1]:  # the last one is empty or cut short
+                if line:
+                    out.append(line.decode("utf-8", "replace"))
+        return out
+
+    def open(self) -> None:
+        """
+        Open for appending (blocking: start-up only); a line cut by a crash
+        is terminated first so that it does not swallow the next one.
+        """
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        size = os.fstat(self.fd).st_size
+        if size:
+            with open(self.path, "rb") as f:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":
+                    os.write(self.fd, b"\n")
+
+    def append(self, line: str) -> bool:
+        if self.fd is None:
+            return False
+        try:
+            os.write(self.fd, line.encode("utf-8") + b"\n")
+        except OSError as e:
+            self.failed += 1
+            log.error("Cannot append to {path}: {error}", path=self.path, error=e)
+            return False
+        self.count += 1
+        self._sync_soon()
+        return True
+
+    def _sync_soon(self) -> None:
+        if self._syncing:
+            self._dirty = True
+            return
+        if self.fd is None:
+            return
+        self._syncing = True
+        d = threads.deferToThread(_fsync, self.fd)
+
+        def done(_: Any) -> None:
+            self._syncing = False
+            if self._dirty:
+                self._dirty = False
+                self._sync_soon()
+
+        d.addBoth(done)
+        self._track(d)
+
+    def rotate(self) -> int | None:
+        """
+        Start a new, empty file; the old one is now C{PATH.old}.  Returns the
+        old descriptor, for L{finish_rotation}; None when a previous
+        rotation did not finish (C{PATH.old} still holds lines no snapshot
+        has: keep appending to the current file).
+        """
+        if self.fd is None or os.path.exists(self.old):
+            return None
+        os.rename(self.path, self.old)
+        old, self.fd = self.fd, os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self.count = 0
+        return old
+
+    def sync_old(self, old_fd: int | None) -> None:
+        """
+        In a thread, before the snapshot is written: flush and close the old file.
+        """
+        if old_fd is not None:
+            _fsync(old_fd)
+            os.close(old_fd)
+
+    def finish_rotation(self, old_fd: int | None) -> None:
+        """
+        In a thread, once the snapshot is durable: drop C{PATH.old}.
+        """
+        if old_fd is not None:
+            os.unlink(self.old)
+            _fsync_dir(self.path)
+
+    def close(self) -> defer.Deferred:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return defer.succeed(None)
+
+        def flush_and_close() -> None:
+            _fsync(fd)
+            os.close(fd)
+
+        d = threads.deferToThread(flush_and_close)
+        self._track(d)
+        return d
 
 
 # -- the relay side ----------------------------------------------------------------
@@ -285,7 +443,15 @@ class Healer:
         self._since_timer: Any = None
         self._pre: list[tuple[str, str, str, dict]] = []
         self.stopped = False
+        #: msg_ids whose callback has returned (or whose Deferred fired):
+        #: what the state file and the journal record.
+        self.done = _LRU(STATE_DELIVERED)
+        #: Callbacks whose Deferred has not fired yet.
+        self.inflight = 0
+        self._save_when_idle = False
+        self.journal: AppendLog | None = None
         if self.state_file:
+            self.journal = AppendLog(f"{self.state_file}.journal", track=self._track)
             self._saved = self._load()
 
     # -- state file ----------------------------------------------------------------
@@ -299,16 +465,49 @@ class Healer:
             for mid in data.get("delivered", [])[-self.delivered.size :]:
                 if isinstance(mid, str):
                     self.delivered.add(mid)
-            return {str(k): int(v) for k, v in relays.items() if isinstance(v, int)}
+                    self.done.add(mid)
+            saved = {str(k): int(v) for k, v in relays.items() if isinstance(v, int)}
         except FileNotFoundError:
-            return {}
+            saved = {}
         except (OSError, ValueError, AttributeError, TypeError) as e:
             log.error(
                 "Ignoring the unreadable subscriber state file {path}: {error}",
                 path=self.state_file,
                 error=e,
             )
-            return {}
+            saved = {}
+        # Processed after the snapshot was written: the journal.
+        try:
+            for mid in self.journal.load():  # type: ignore[union-attr]
+                self.delivered.add(mid)
+                self.done.add(mid)
+        except OSError as e:
+            log.error("Ignoring the unreadable journal {path}: {error}", path=self.journal.path, error=e)  # type: ignore[union-attr]
+        return saved
+
+    def processed(self, envelope: Mapping[str, Any]) -> None:
+        """
+        The application's callback for this message has returned (or its
+        Deferred has fired): record it, durably across a kill -9, before
+        anything else happens in this process.
+        """
+        mid = envelope.get("msg_id")
+        if not isinstance(mid, str) or self.journal is None:
+            return
+        self.done.add(mid)
+        self.journal.append(mid)
+        if self.journal.count >= STATE_DELIVERED:
+            self._save()  # compaction: a snapshot, and a fresh journal
+
+    def callback_started(self) -> None:
+        self.inflight += 1
+
+    def callback_ended(self, envelope: Mapping[str, Any]) -> None:
+        self.inflight -= 1
+        self.processed(envelope)
+        if self.inflight == 0 and self._save_when_idle:
+            self._save_when_idle = False
+            self._save()
 
     def _save(self) -> None:
         if not self.state_file:
@@ -318,20 +517,39 @@ class Healer:
             return
         self._saving = True
         data = dict(self._saved)
-        data.update({r.identity: r.known for r in self.relays.values() if r.known is not None})
+        if self.inflight:
+            # A callback still runs: its message may lie below the relays'
+            # C{known}, which must not move past it (a kill -9 now would
+            # lose it).  Save C{known} once no callback is running.
+            self._save_when_idle = True
+        else:
+            data.update({r.identity: r.known for r in self.relays.values() if r.known is not None})
         self._saved = data
         path = self.state_file
-        # The msg_ids delivered lately, so that a restarted subscriber does not
-        # deliver again what it had delivered past its last C{known}.
-        recent = self.delivered.last(STATE_DELIVERED)
+        # The msg_ids processed lately, so that a restarted subscriber does not
+        # deliver again what it had delivered past its last C{known}.  They
+        # include every line of the journal so far, which therefore starts
+        # anew (the old one is dropped once this snapshot is durable).
+        recent = self.done.last(STATE_DELIVERED)
+        journal = self.journal
+        old_fd = None
+        if journal is not None and journal.fd is not None:
+            try:
+                old_fd = journal.rotate()
+            except OSError as e:
+                log.error("Cannot rotate {path}: {error}", path=journal.path, error=e)
 
         def write() -> None:
+            if journal is not None:
+                journal.sync_old(old_fd)
             tmp = f"{path}.tmp"
             with open(tmp, "w") as f:
                 json.dump({"relays": data, "delivered": recent}, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
+            if journal is not None:
+                journal.finish_rotation(old_fd)
 
         def done(result: Any) -> None:
             self._saving = False
@@ -357,6 +575,12 @@ class Healer:
         """
         if self.since is not None and not self._since_done:
             self._since_timer = clock.callLater(SINCE_WAIT, self._no_backlog, "no relay heartbeat came")
+        if self.journal is not None and self.journal.fd is None:
+            try:
+                self.journal.open()
+            except OSError as e:
+                self.counters.incr("state-save-failed")
+                log.error("Cannot open {path}: {error}", path=self.journal.path, error=e)
 
     def _cancel_since_timer(self) -> None:
         if self._since_timer is not None and self._since_timer.active():
@@ -386,6 +610,8 @@ class Healer:
         async def wait() -> None:
             while self._tasks:
                 await defer.DeferredList(list(self._tasks), consumeErrors=True)
+            if self.journal is not None:
+                await self.journal.close()
 
         return defer.Deferred.fromCoroutine(wait())
 

@@ -303,14 +303,25 @@ class SubscriberService(Service):
         if self.healer is not None and not self.healer.first_delivery(envelope):
             return
         self.counters.incr("delivered")
+        healer = self.healer
         try:
             result = self.callback(name, endpoint, topic, envelope)
         except Exception:
             self.counters.incr("callback-errors")
             log.failure("Message callback raised for {topic}", topic=topic)
+            if healer is not None:
+                healer.processed(envelope)  # it is not delivered again either
             return
         if isinstance(result, defer.Deferred):
+            # Recorded once the callback's work is done (docs/healing.rst:
+            # at least once across a kill -9, never lost).
+            if healer is not None:
+                healer.callback_started()
             result.addErrback(self._callback_failed, topic)
+            if healer is not None:
+                result.addBoth(lambda _: healer.callback_ended(envelope))
+        elif healer is not None:
+            healer.processed(envelope)
 
     def _callback_failed(self, failure: Any, topic: str) -> None:
         self.counters.incr("callback-errors")
