@@ -369,6 +369,7 @@ KEYS: dict[str, Key] = {
     "heal_dedup_size": Key(_pos_int, 100000, "msg_ids a subscriber remembers to deliver each message once.", "healing"),
     "subscriber_state_file": Key(_opt_str, None, "File where a subscriber keeps how far it has every relay's messages, to heal across its restarts; unset = memory only.", "healing"),
     "publish_resend_window": Key(_nonneg_int, 10000, "An active publisher keeps this many sent messages until the relay's archive has them, and resends the missing ones when the relay comes back; 0 = off.", "healing"),
+    "publish_outbox": Key(_opt_str, None, "File where an active publisher with a resend window keeps what it published until the relay's archive confirms it, so that a killed process resends it at its next start; unset = memory only.", "healing"),
     # -- later sections (archive, replay, push, irc, health) add keys below --
     "logging": Key(_any, None, "Accepted for fedmsg compatibility and ignored (we log with twisted.logger).", "compat"),
     "irc": Key(_table_list, (), "IRC bot connections (list of tables), fedmsg's format plus channels/include/SASL/NickServ/ssl_ca; see the IRC bot page.", "irc"),

@@ -25,6 +25,8 @@ in a bounded queue (C{publish_queue_size}) and released when it comes back.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 from collections import OrderedDict, deque
 from typing import Any, Mapping
@@ -110,6 +112,13 @@ class PublisherService(Service):
         self._resend_due = False
         self._reconcile_loop: Any = None
         self._reconciling: defer.Deferred | None = None
+        # The on-disk outbox (publish_outbox): what publish() accepted and
+        # the archive has not confirmed, surviving a kill -9 of this process.
+        self._outbox_path = config.get("publish_outbox") or None
+        self._outbox: Any = None
+        self._outbox_live: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._outbox_compacting = False
+        self._outbox_tasks: set[defer.Deferred] = set()
 
     # -- IService -------------------------------------------------------------
 
@@ -148,6 +157,14 @@ class PublisherService(Service):
             sock.close()
             raise
         self._socket = sock
+        if self._outbox_path:
+            if self._replay is None:
+                log.warn(
+                    "publish_outbox is ignored: it needs active = true, "
+                    "replay_endpoints.relay_outbound and publish_resend_window > 0"
+                )
+            else:
+                self._open_outbox()
         super().startService()
         self._released = False
         self._startup_timer = self._reactor.callLater(
@@ -175,8 +192,9 @@ class PublisherService(Service):
         # Whatever is still held has been waiting for a subscriber that never
         # came; sending it into a socket that closes loses it all the same.
         while self._queue:
-            _, d, _ = self._queue.popleft()
+            _, d, envelope = self._queue.popleft()
             self.counters.incr("dropped", "stopped")
+            self._outbox_forget_envelope(envelope)
             d.errback(PublishError("publisher stopped before a subscriber joined"))
         if self._socket is not None:
             self._socket.close()
@@ -186,12 +204,141 @@ class PublisherService(Service):
         self._reconcile_loop = None
         if self._unacked:
             log.info(
-                "Publisher stopped with {n} messages not yet confirmed by the relay's archive",
+                "Publisher stopped with {n} messages not yet confirmed by the relay's archive{kept}",
                 n=len(self._unacked),
+                kept=" (kept in the outbox, resent at the next start)" if self._outbox else "",
             )
+        waits = list(self._outbox_tasks)
         if self._reconciling is not None:
-            return self._reconciling.addBoth(lambda _: None)
+            waits.append(self._reconciling)
+        if self._outbox is not None:
+            outbox, self._outbox = self._outbox, None
+
+            async def close_outbox() -> None:
+                # Let a compaction finish first: it closes the old file itself.
+                while self._outbox_tasks:
+                    await defer.DeferredList(list(self._outbox_tasks), consumeErrors=True)
+                await outbox.close()
+
+            waits.append(defer.Deferred.fromCoroutine(close_outbox()))
+        if waits:
+            return defer.DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
         return defer.succeed(None)
+
+    # -- the on-disk outbox --------------------------------------------------------
+
+    def _open_outbox(self) -> None:
+        """
+        Load what a previous process left unconfirmed (to resend once the
+        relay is there and its archive says it lacks them), then open the
+        outbox for appending.  Blocking file I/O, at start-up only.
+        """
+        from fedmsg_twisted.heal import AppendLog
+
+        path = self._outbox_path
+        self._outbox_live.clear()
+        outbox = AppendLog(path, track=self._track_outbox)
+        lines: list[str] = []
+        try:
+            with open(path + ".snap", "rb") as f:
+                lines += [x.decode("utf-8") for x in f.read().split(b"\n") if x]
+        except FileNotFoundError:
+            pass
+        lines += outbox.load()
+        for line in lines:
+            kind, _, rest = line.partition(" ")
+            try:
+                if kind == "A":
+                    mid, topic, body = json.loads(rest)
+                    self._outbox_live[str(mid)] = (str(topic), str(body))
+                elif kind == "D":
+                    self._outbox_live.pop(rest, None)
+            except (ValueError, TypeError):
+                self.counters.incr("dropped", "outbox-garbled")
+                log.error("Skipping a garbled line of the outbox {path}: {line!r}", path=path, line=line[:80])
+        outbox.open()
+        self._outbox = outbox
+        for mid, (topic, body) in self._outbox_live.items():
+            self._unacked[mid] = [[topic.encode("utf-8"), body.encode("utf-8")], -1]
+            self.counters.incr("outbox-loaded")
+        while len(self._unacked) > self._resend_window:
+            mid, _ = self._unacked.popitem(last=False)
+            self._outbox_forget(mid)
+            self.counters.incr("unconfirmed-evicted")
+        if self._unacked:
+            self._resend_due = True
+            log.info(
+                "{n} messages from the outbox {path} are not confirmed by the relay's archive: "
+                "resending those it lacks once it is there",
+                n=len(self._unacked),
+                path=path,
+            )
+
+    def _track_outbox(self, d: defer.Deferred) -> None:
+        self._outbox_tasks.add(d)
+        d.addBoth(lambda r: (self._outbox_tasks.discard(d), r)[1])
+
+    def _outbox_keep(self, frames: list[bytes], envelope: Any) -> None:
+        if self._outbox is None or not isinstance(envelope, Mapping):
+            return
+        mid = envelope.get("msg_id")
+        if not isinstance(mid, str) or mid in self._outbox_live:
+            return
+        entry = (frames[0].decode("utf-8"), frames[1].decode("utf-8"))
+        if self._outbox.append("A " + json.dumps([mid, entry[0], entry[1]], separators=(",", ":"))):
+            self._outbox_live[mid] = entry
+
+    def _outbox_forget(self, mid: Any) -> None:
+        if self._outbox is None or not isinstance(mid, str):
+            return
+        if self._outbox_live.pop(mid, None) is None:
+            return
+        self._outbox.append("D " + mid)
+        if self._outbox.count > max(1000, 4 * len(self._outbox_live)):
+            self._compact_outbox()
+
+    def _compact_outbox(self) -> None:
+        """
+        Start a fresh outbox file: a snapshot of what is still unconfirmed
+        (written in a thread) replaces everything appended before it.
+        """
+        outbox = self._outbox
+        if self._outbox_compacting or outbox is None:
+            return
+        try:
+            old_fd = outbox.rotate()
+        except OSError as e:
+            log.error("Cannot rotate {path}: {error}", path=outbox.path, error=e)
+            return
+        if old_fd is None:
+            return
+        self._outbox_compacting = True
+        snap = "".join(
+            "A " + json.dumps([mid, t, b], separators=(",", ":")) + "\n"
+            for mid, (t, b) in self._outbox_live.items()
+        )
+        path = outbox.path + ".snap"
+
+        def write() -> None:
+            outbox.sync_old(old_fd)
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.write(snap)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(path + ".tmp", path)
+            outbox.finish_rotation(old_fd)
+
+        def done(result: Any) -> None:
+            self._outbox_compacting = False
+            if hasattr(result, "value"):
+                self.counters.incr("outbox-failed")
+                log.error("Cannot compact the outbox {path}: {error}", path=outbox.path, error=result.value)
+
+        from twisted.internet import threads
+
+        d = threads.deferToThread(write)
+        d.addBoth(done)
+        self._track_outbox(d)
 
     # -- publishing -------------------------------------------------------------
 
@@ -245,6 +392,9 @@ class PublisherService(Service):
         """
         if self._socket is None:
             return defer.fail(PublishError("publisher is not running"))
+        # In the outbox before zmq or the queue has it: a kill -9 from here
+        # on cannot lose it.
+        self._outbox_keep(frames, envelope)
         if self._must_hold():
             return self._hold(frames, envelope)
         if self._socket.send_frames(frames):
@@ -252,7 +402,13 @@ class PublisherService(Service):
             self._sent(frames, envelope)
             return defer.succeed(envelope)
         self.counters.incr("dropped", "high-water-mark")
+        self._outbox_forget_envelope(envelope)
         return defer.fail(PublishError("zmq high-water mark reached; message dropped"))
+
+    def _outbox_forget_envelope(self, envelope: Any) -> None:
+        # The caller is told it failed: nothing to resend later.
+        if isinstance(envelope, Mapping):
+            self._outbox_forget(envelope.get("msg_id"))
 
     # -- holding while no subscriber is there ------------------------------------
 
@@ -267,8 +423,9 @@ class PublisherService(Service):
     def _hold(self, frames: list[bytes], envelope: Any) -> defer.Deferred:
         d: defer.Deferred = defer.Deferred()
         if len(self._queue) >= self._queue_size:
-            _, old, _ = self._queue.popleft()
+            _, old, old_env = self._queue.popleft()
             self.counters.incr("dropped", "queue-full")
+            self._outbox_forget_envelope(old_env)
             old.errback(PublishError("publish queue full while waiting for a subscriber"))
         self._queue.append((frames, d, envelope))
         self.counters.incr("held")
@@ -283,6 +440,7 @@ class PublisherService(Service):
                 d.callback(envelope)
             else:
                 self.counters.incr("dropped", "high-water-mark")
+                self._outbox_forget_envelope(envelope)
                 d.errback(PublishError("zmq high-water mark reached; message dropped"))
 
     def _subscription_changed(self, prefix: bytes, subscribed: bool) -> None:
@@ -317,7 +475,8 @@ class PublisherService(Service):
             return
         self._unacked[mid] = [frames, self._generation]
         if len(self._unacked) > self._resend_window:
-            self._unacked.popitem(last=False)
+            old, _ = self._unacked.popitem(last=False)
+            self._outbox_forget(old)
             self.counters.incr("unconfirmed-evicted")
 
     def _reconcile(self) -> None:
@@ -347,11 +506,14 @@ class PublisherService(Service):
                 for _, mid in index:
                     if self._unacked.pop(mid, None) is not None:
                         self.counters.incr("confirmed")
+                        self._outbox_forget(mid)
         except ReplayUnavailable as e:
             log.debug("Cannot confirm sent messages yet: {error}", error=e)
             return
         if not resend or self._socket is None or self._lost_relay:
             return
+        if not self._socket.has_subscriber():
+            return  # nobody to send to yet (outbox at start-up): next round
         self._resend_due = False
         checked = set(ids)
         lost = [(mid, e) for mid, e in self._unacked.items() if e[1] < generation and mid in checked]
