@@ -416,3 +416,64 @@ class ResendTests(HealTestCase):
         await wait_for(lambda: relay.counters.get("forwarded") == 5, what="forwarded again")
         await sleep(0.5)
         self.assertEqual(pub.counters.get("resent"), 5)
+
+
+class JournalTests(HealTestCase):
+    async def test_cut_line_dropped_and_terminated(self):
+        """
+        A journal line cut by a kill -9 mid-write is ignored, and the next
+        line is not glued to it.
+        """
+        state = os.path.abspath(self.mktemp())
+        with open(state + ".journal", "w") as f:
+            f.write("m1\nm2\nm3-cu")
+        cfg = heal_config(subscriber_state_file=state)
+        sub, got = self.subscriber(cfg)
+        self.assertIn("m1", sub.healer.delivered)
+        self.assertIn("m2", sub.healer.delivered)
+        self.assertNotIn("m3-cu", sub.healer.delivered)
+        sub._deliver("relay_outbound", "x", "t", {"msg_id": "m4", "msg": {"n": 4}})
+        with open(state + ".journal") as f:
+            self.assertEqual(f.read(), "m1\nm2\nm3-cu\nm4\n")
+        self.assertEqual(logs(got), [4])
+
+    async def test_known_waits_for_pending_callbacks(self):
+        """
+        While an application callback's Deferred is pending, the state file
+        does not move C{known} past its message (a kill -9 then would lose
+        it); the message is journalled when the Deferred fires.
+        """
+        from twisted.internet import defer
+
+        state = os.path.abspath(self.mktemp())
+        cfg = heal_config(subscriber_state_file=state)
+        relay, archive, hb = await self.relay(cfg)
+        pending = defer.Deferred()
+        got = []
+
+        def callback(*a):
+            got.append(a)
+            if a[3]["msg"]["n"] == 0:
+                return pending
+
+        sub = self.start(SubscriberService(cfg, callback))
+        await wait_for(lambda: sub.healer.relays, what="first heartbeat")
+        pub = await self.publisher(cfg)
+        sent = [await pub.publish(topic="t", modname="m", msg={"n": n}) for n in range(3)]
+        await wait_for(lambda: len(got) == 3 and (archive.committed_seq or 0) >= 3, what="delivered")
+        await wait_for(lambda: sub.healer.relays[archive.identity].known >= 3, what="known")
+        beats = sub.counters.get("heartbeats")
+        await wait_for(lambda: sub.counters.get("heartbeats") >= beats + 2 and not sub.healer._tasks, what="saved")
+
+        def on_disk():
+            with open(state) as f:
+                data = json.load(f)
+            with open(state + ".journal") as f:
+                return data["relays"][archive.identity], set(data["delivered"]) | set(f.read().split())
+
+        known, recorded = on_disk()
+        self.assertEqual(known, 0)
+        self.assertEqual(recorded, {sent[1]["msg_id"], sent[2]["msg_id"]})
+        pending.callback(None)
+        await wait_for(lambda: not sub.healer._tasks and on_disk()[0] == 3, what="known saved")
+        self.assertEqual(on_disk()[1], {e["msg_id"] for e in sent})
