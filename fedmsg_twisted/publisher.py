@@ -164,7 +164,12 @@ class PublisherService(Service):
                     "replay_endpoints.relay_outbound and publish_resend_window > 0"
                 )
             else:
-                self._open_outbox()
+                try:
+                    self._open_outbox()
+                except OSError as e:
+                    sock.close()
+                    self._socket = None
+                    raise PublishError(f"cannot open publish_outbox {self._outbox_path!r}: {e}") from None
         super().startService()
         self._released = False
         self._startup_timer = self._reactor.callLater(
@@ -284,7 +289,11 @@ class PublisherService(Service):
         mid = envelope.get("msg_id")
         if not isinstance(mid, str) or mid in self._outbox_live:
             return
-        entry = (frames[0].decode("utf-8"), frames[1].decode("utf-8"))
+        try:
+            entry = (frames[0].decode("utf-8"), frames[1].decode("utf-8"))
+        except (UnicodeDecodeError, IndexError):
+            self.counters.incr("outbox-skipped")
+            return
         if self._outbox.append("A " + json.dumps([mid, entry[0], entry[1]], separators=(",", ":"))):
             self._outbox_live[mid] = entry
 

@@ -197,3 +197,14 @@ class OutboxUnitTests(unittest.TestCase):
         self.addCleanup(pub2.stopService)
         self.assertEqual(list(pub2._unacked), mids[1400:])
         await pub.stopService()
+
+    def test_unwritable_outbox_is_a_clear_error(self):
+        from fedmsg_twisted.publisher import PublishError
+
+        where = os.path.join(os.path.abspath(self.mktemp()), "missing-dir", "outbox")
+        pub = PublisherService(self.cfg(where), name="relay_inbound")
+        with self.assertRaises(PublishError) as cm:
+            pub.startService()
+        self.assertIn("publish_outbox", str(cm.exception))
+        self.assertIn("missing-dir", str(cm.exception))
+        self.assertIsNone(pub._socket)
