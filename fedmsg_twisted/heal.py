@@ -20,6 +20,11 @@ compares it with the msg_ids it delivered, fetches only the missing ones by
 seq_id, delivers them in seq_id order and moves C{known} to S.  Live
 messages are de-duplicated by msg_id (a bounded LRU), so a message a
 publisher resent, or one healed and then received live, is delivered once.
+
+With a state file, each msg_id is also appended to a journal
+(L{AppendLog}) as soon as the application's callback has returned, so a
+subscriber killed with -9 delivers again at most the message it was
+processing (docs/healing.rst, "The contract across a crash").
 """
 
 from __future__ import annotations
