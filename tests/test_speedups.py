@@ -1,0 +1,326 @@
+"""
+The fast paths give exactly what the slow ones give.
+
+Decoding may use orjson (L{fedmsg_twisted.encoding._fast_loads}); these
+tests compare it with C{json.loads} on a large randomised corpus, strictly:
+same acceptance, same types, same float bits, same key order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import string
+import time
+import uuid
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.trial import unittest
+
+from fedmsg_twisted import encoding, envelope
+
+_SETTINGS = settings(
+    max_examples=1500, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def strict_same(a, b) -> bool:
+    """
+    Equal values of identical types; floats by their bits, dicts in order.
+    Iterative, for deeply nested values.
+    """
+    todo = [(a, b)]
+    while todo:
+        a, b = todo.pop()
+        if type(a) is not type(b):
+            return False
+        if isinstance(a, float):
+            if repr(a) != repr(b) or math.copysign(1.0, a) != math.copysign(1.0, b):
+                return False
+        elif isinstance(a, dict):
+            if list(a) != list(b):
+                return False
+            todo.extend((a[k], b[k]) for k in a)
+        elif isinstance(a, list):
+            if len(a) != len(b):
+                return False
+            todo.extend(zip(a, b))
+        elif a != b:
+            return False
+    return True
+
+
+def reference_decode_body(body: bytes, max_size: int = encoding.DEFAULT_MAX_MESSAGE_SIZE):
+    """
+    decode_body as it was, stdlib only: the behaviour the fast path must keep.
+    """
+    if max_size and len(body) > max_size:
+        return ("error", "too-large")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return ("error", "not-utf8")
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return ("error", "not-json")
+    except RecursionError:
+        return ("error", "too-deep")
+    if not isinstance(value, dict):
+        return ("error", "not-an-object")
+    return ("ok", value)
+
+
+def actual_decode_body(body: bytes):
+    try:
+        return ("ok", encoding.decode_body(body))
+    except encoding.DecodeError as e:
+        return ("error", e.reason)
+
+
+class FastDecodeMixin:
+    def assertSameDecode(self, text: str) -> None:
+        """
+        The fast decoder, when it answers at all, answers as json.loads does;
+        and decode_body as a whole behaves as the stdlib-only reference.
+        """
+        body = text.encode("utf-8", "surrogatepass")
+        expected = reference_decode_body(body)
+        actual = actual_decode_body(body)
+        self.assertEqual(expected[0], actual[0], f"{text[:200]!r}: {expected} vs {actual}")
+        if expected[0] == "ok":
+            self.assertTrue(strict_same(expected[1], actual[1]), f"{text[:200]!r}: {expected[1]!r} vs {actual[1]!r}")
+        else:
+            self.assertEqual(expected[1], actual[1])
+        if encoding._orjson is not None:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return  # not a possible body: decode_body refused it as not-utf8
+            fast = encoding._fast_loads(text, body)
+            if fast is not encoding._NO_VALUE:
+                self.assertTrue(strict_same(json.loads(text), fast), text[:200])
+
+
+# --- strategies -------------------------------------------------------------------
+
+_number_text = st.from_regex(
+    re.compile(r"-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,30})?([eE][-+]?[0-9]{1,4})?"), fullmatch=True
+)
+_floats = st.floats(allow_nan=True, allow_infinity=True)
+_ints = st.one_of(
+    st.integers(min_value=-(2**63) - 5, max_value=2**64 + 5),
+    st.integers(),
+    st.integers(min_value=-(10**40), max_value=10**40),
+)
+_texts = st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=0x10FFFF), max_size=30)
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), _ints, _floats, _texts),
+    lambda children: st.one_of(
+        st.lists(children, max_size=6),
+        st.dictionaries(_texts, children, max_size=6),
+    ),
+    max_leaves=40,
+)
+
+
+def _dump_variants(value) -> list[str]:
+    return [
+        json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True),
+        json.dumps(value, ensure_ascii=False, indent=1),
+    ]
+
+
+class FastDecodeTests(FastDecodeMixin, unittest.TestCase):
+    """
+    decode_body with the fast decoder (when installed) against json.loads.
+    """
+
+    def test_decoderChoice(self) -> None:
+        """
+        FAST_DECODER names orjson exactly when it is importable.
+        """
+        try:
+            import orjson  # noqa: F401
+        except ImportError:
+            self.assertIsNone(encoding.FAST_DECODER)
+        else:
+            self.assertEqual(encoding.FAST_DECODER, "orjson")
+
+    def test_edgeCases(self) -> None:
+        """
+        The known differences between orjson and json.loads all end up with
+        json.loads' answer.
+        """
+        cases = [
+            "18446744073709551616", "18446744073709551615", "-9223372036854775809",
+            "-9223372036854775808", "123456789012345678901234567890", "1e400", "-1e400",
+            "1e-400", "-0", "-0.0", "0.0", "1E5", "1e+5", "NaN", "-Infinity", "Infinity",
+            '"\\ud800"', '"\\udc00\\ud800"', '"\\ud83d\\ude00"', '{"a":1,"a":2,"b":3}',
+            '{"b":1,"a":2,"b":3}', "\ufeff{}", " {} ", "{}\n", "[1,]", "01", "1.", ".5", "+1",
+            '"\x01"', '"\x7f"', '"\\u0000"', '"\\/"', '"\\x"', "1e5000", "2.2250738585072011e-308",
+            "4.9e-324", "5e-325", "9007199254740993", "1.7976931348623157e309", "0e0", "-0e-0",
+            '{"a":1} x', '"\u2028"', "1 2", '{"\\ud800":1}', "", " ", "nul", "true", "[]",
+            '{"a":"\\ud800\\udc00"}', '{"a":"\\uD834\\uDD1E"}', "-", "1e", "1e+", "[-]",
+            '{"a":NaN}', '{"x":[1,2,{"y":null}]}', "\t{\r\n}\t",
+        ]
+        for c in cases:
+            self.assertSameDecode(c)
+            self.assertSameDecode('{"msg":' + c + "}")
+            self.assertSameDecode('{"msg":[' + c + "]}")
+
+    def test_bigIntegersStayIntegers(self) -> None:
+        """
+        orjson would make integers beyond 64 bits floats; we never do.
+        """
+        for n in (2**64, 2**64 + 1, -(2**63) - 1, 10**19, 10**50, -(10**30)):
+            body = json.dumps({"msg": {"n": n}}).encode()
+            got = encoding.decode_body(body)["msg"]["n"]
+            self.assertIs(type(got), int)
+            self.assertEqual(got, n)
+
+    def test_nestingLimits(self) -> None:
+        """
+        Deep nesting decodes as json.loads does, and nesting json.loads cannot
+        handle is a counted DecodeError, not a RecursionError.
+        """
+        for depth in (10, 100, 255, 256, 257, 300, 500, 1024, 1025, 5000, 100000):
+            self.assertSameDecode('{"msg":' + "[" * depth + "]" * depth + "}")
+        e = self.assertRaises(encoding.DecodeError, encoding.decode_body,
+                              b'{"msg":' + b"[" * 100000 + b"]" * 100000 + b"}")
+        self.assertEqual(e.reason, "too-deep")
+
+    @_SETTINGS
+    @given(_json_values)
+    def test_randomDocuments(self, value) -> None:
+        """
+        Random JSON values of every type, as canonical and as indented text,
+        and as the msg of an envelope.
+        """
+        for text in _dump_variants(value) + _dump_variants({"msg": value, "topic": "t"}):
+            self.assertSameDecode(text)
+
+    @_SETTINGS
+    @given(_json_values, st.integers(min_value=0, max_value=10**6), st.sampled_from(
+        list(string.printable) + ["\\u", "\\ud800", "\u00e9", "\\", '"', "{", "[", "]", "}", ",", ":", "e", "E",
+                                  "-", "+", ".", "0", "9", "NaN", "\x00", "\x1f"]))
+    def test_mutatedDocuments(self, value, where, what) -> None:
+        """
+        Valid documents with one character inserted, replaced or deleted:
+        accepted and refused exactly as json.loads does.
+        """
+        text = json.dumps({"msg": value})
+        i = where % (len(text) + 1)
+        for mutated in (text[:i] + what + text[i:], text[:i] + what + text[i + 1:], text[:i] + text[i + 1:]):
+            self.assertSameDecode(mutated)
+
+    @_SETTINGS
+    @given(_number_text)
+    def test_numberLiterals(self, literal) -> None:
+        """
+        Every shape of JSON number literal, up to 31 digits and 4-digit exponents.
+        """
+        self.assertSameDecode(literal)
+        self.assertSameDecode('{"msg":' + literal + "}")
+        self.assertSameDecode('{"msg":[' + literal + "," + literal + "]}")
+
+    def test_floatCorpus(self) -> None:
+        """
+        20,000 random floats of all magnitudes (as repr, truncated, padded
+        with digits past double precision, and as random bit patterns).
+        """
+        rng = random.Random(7)
+        parts = []
+        for _ in range(20000):
+            kind = rng.randrange(4)
+            if kind == 0:
+                f = float(f"{rng.uniform(-1, 1):.17f}e{rng.randint(-330, 310)}")
+                lit = repr(f)
+            elif kind == 1:
+                f = struct_float(rng.getrandbits(64))
+                lit = repr(f)
+            elif kind == 2:
+                digits = "".join(rng.choice("0123456789") for _ in range(rng.randint(1, 18)))
+                lit = f"{rng.choice(['', '-'])}{int(digits)}.{rng.randint(0, 10**rng.randint(1, 25))}e{rng.randint(-340, 320)}"
+            else:
+                lit = f"{rng.randint(-10**18 + 1, 10**18 - 1)}"
+            if lit in ("nan", "inf", "-inf"):
+                lit = "0.5"
+            parts.append(lit)
+        for i in range(0, len(parts), 100):
+            chunk = parts[i:i + 100]
+            self.assertSameDecode('{"msg":[' + ",".join(chunk) + "]}")
+
+
+def struct_float(bits: int) -> float:
+    import struct
+
+    return struct.unpack("<d", bits.to_bytes(8, "little"))[0]
+
+
+class MsgIdTests(unittest.TestCase):
+    """
+    The msg_id is fedmsg's C{YEAR-uuid4}.
+    """
+
+    def test_format(self) -> None:
+        """
+        Every msg_id is YEAR- and a valid random (version 4, RFC 4122
+        variant) UUID in canonical lowercase form, and they are unique.
+        """
+        seen = set()
+        year = time.localtime().tm_year
+        for _ in range(20000):
+            msg_id = envelope.new_msg_id()
+            y, _, rest = msg_id.partition("-")
+            self.assertIn(int(y), (year, year + 1))
+            u = uuid.UUID(rest)
+            self.assertEqual(str(u), rest)
+            self.assertEqual(u.version, 4)
+            self.assertEqual(u.variant, uuid.RFC_4122)
+            self.assertNotIn(rest, seen)
+            seen.add(rest)
+
+    def test_randomBits(self) -> None:
+        """
+        Apart from the fixed version and variant bits, every bit of the
+        UUID varies (none stuck at 0 or 1).
+        """
+        ors, ands = 0, (1 << 128) - 1
+        for _ in range(2000):
+            n = uuid.UUID(envelope.new_msg_id().partition("-")[2]).int
+            ors |= n
+            ands &= n
+        fixed = (0xF << 76) | (0x3 << 62)
+        self.assertEqual(ors | fixed, (1 << 128) - 1)
+        self.assertEqual(ands & ~fixed, 0)
+        self.assertEqual((ands >> 76) & 0xF, 4)
+        self.assertEqual((ands >> 62) & 0x3, 2)
+
+    def test_yearFollowsTheClock(self) -> None:
+        """
+        The year comes from the given clock, also across a new year and
+        when the clock goes back.
+        """
+        for when in ("2023-12-31 23:59:59", "2024-01-01 00:00:00", "2023-06-01 12:00:00", "1999-12-31 23:59:59"):
+            t = time.mktime(time.strptime(when, "%Y-%m-%d %H:%M:%S"))
+            for delta in (0.0, 0.4, 0.999):
+                self.assertEqual(envelope.new_msg_id(lambda: t + delta)[:5], when[:4] + "-")
+
+    def test_envelopesYear(self) -> None:
+        """
+        Envelopes.make takes the year from its clock for every message.
+        """
+        from fedmsg_twisted.config import from_dict
+
+        clock = [time.mktime(time.strptime("2023-12-31 23:59:59", "%Y-%m-%d %H:%M:%S"))]
+        maker = envelope.Envelopes(from_dict({}), now=lambda: clock[0])
+        self.assertTrue(maker.make("t", {}, "m")["msg_id"].startswith("2023-"))
+        clock[0] += 1.0
+        self.assertTrue(maker.make("t", {}, "m")["msg_id"].startswith("2024-"))
+        clock[0] -= 1.0
+        self.assertTrue(maker.make("t", {}, "m")["msg_id"].startswith("2023-"))
