@@ -11,11 +11,11 @@ from __future__ import annotations
 import getpass
 import inspect
 import itertools
+import os
 import time
-import uuid
 from typing import Any, Callable, Mapping
 
-__all__ = ["build_topic", "new_msg_id", "Envelopes", "guess_calling_module"]
+__all__ = ["build_topic", "new_msg_id", "uuid4_text", "Envelopes", "guess_calling_module"]
 
 
 def guess_calling_module(default: str = "__main__") -> str:
@@ -42,11 +42,42 @@ def build_topic(topic_prefix: str, environment: str, modname: str, topic: str) -
     return t
 
 
+# The RFC 4122 variant nibble of a uuid4: "10" and two random bits.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+
+
+def uuid4_text(urandom: Callable[[int], bytes] = os.urandom) -> str:
+    """
+    C{str(uuid.uuid4())}, without building a L{uuid.UUID}: 16 random bytes
+    from C{os.urandom} in the canonical lowercase form, with the version
+    nibble set to 4 and the variant bits to RFC 4122 ("10"), as
+    C{uuid.uuid4} does.
+    """
+    h = urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+# (second, year): localtime is the same for the whole of one second, since
+# UTC offsets are whole seconds.  One tuple, replaced whole (thread-safe).
+_year_cache: tuple[int, int] = (-1, 0)
+
+
+def _year(now: float) -> int:
+    global _year_cache
+    second = int(now // 1)
+    cached = _year_cache
+    if cached[0] == second:
+        return cached[1]
+    year = time.localtime(second).tm_year
+    _year_cache = (second, year)
+    return year
+
+
 def new_msg_id(now: Callable[[], float] = time.time) -> str:
     """
     C{YEAR-uuid4}, the year from the local clock as fedmsg does.
     """
-    return f"{time.localtime(now()).tm_year}-{uuid.uuid4()}"
+    return f"{_year(now())}-{uuid4_text()}"
 
 
 def _username() -> str:
@@ -68,8 +99,24 @@ class Envelopes:
         self._now = now
         self._counter = itertools.count(1)
         self._username = _username()
+        # Full topics by (topic, modname); the config is read-only.  Not
+        # used without a modname, which is guessed from the caller each time.
+        self._topics: dict[tuple[str | None, str], str] = {}
 
     def topic(self, topic: str | None, modname: str | None) -> str:
+        if modname:
+            key = (topic, modname)
+            full = self._topics.get(key)
+            if full is None:
+                if len(self._topics) >= 4096:
+                    self._topics.clear()
+                full = self._topics[key] = build_topic(
+                    self.config["topic_prefix"],
+                    self.config["environment"],
+                    modname,
+                    topic or "unspecified",
+                )
+            return full
         return build_topic(
             self.config["topic_prefix"],
             self.config["environment"],
@@ -86,7 +133,7 @@ class Envelopes:
             "topic": self.topic(topic, modname),
             "msg": msg or {},
             "timestamp": int(now),
-            "msg_id": f"{time.localtime(now).tm_year}-{uuid.uuid4()}",
+            "msg_id": f"{_year(now)}-{uuid4_text()}",
             "i": next(self._counter),
             "username": self._username,
         }
