@@ -16,8 +16,8 @@ from twisted.trial import unittest
 
 from fedmsg_twisted import config
 from fedmsg_twisted.publisher import PublisherService
-from tests.test_faults import COUNT, DEADLINE, FaultTestCase, proc_pid
-from tests.util import PYTHON, sleep, spawn, wait_for
+from tests.test_faults import DEADLINE, FaultTestCase, proc_pid
+from tests.util import PYTHON, spawn, wait_for
 
 PUBLISHER = r"""
 import sys
