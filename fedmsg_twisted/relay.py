@@ -64,6 +64,8 @@ class RelayService(Service):
         self._out = None
         self._sinks: list[Sink] = []
         self._max_size = config["max_message_size"]
+        # Read once: looked at for every message (the config is read-only).
+        self._relay_validate = bool(config["relay_validate"])
         self.counters = Counters()
         self.inbound: list[str] = []
         self.outbound: str | None = None
@@ -133,11 +135,11 @@ class RelayService(Service):
 
     def _inbound_frames(self, frames: list[bytes]) -> None:
         # The hot path: no Deferred unless validation needs one.
-        checked = self._check(frames, "zmq")
-        if checked is None:
+        try:
+            topic, envelope = self._parse(frames, "zmq")
+        except encoding.DecodeError:
             return
-        topic, envelope = checked
-        if self._validating():
+        if self.validator is not None and self._relay_validate:
             d = defer.maybeDeferred(self.validator.validate_async, envelope)
             d.addCallback(self._validated, topic, frames, envelope)
             d.addErrback(lambda f: f.trap(Rejected))
@@ -162,7 +164,7 @@ class RelayService(Service):
         return d
 
     def _validating(self) -> bool:
-        return self.validator is not None and self.config["relay_validate"]
+        return self.validator is not None and self._relay_validate
 
     def _check(self, frames: list[bytes], source: str) -> tuple[str, dict] | None:
         try:
