@@ -33,7 +33,7 @@ setup(
     ],
     extras_require={
         "postgresql": ["psycopg[binary]>=3.1"],
-        "test": ["psycopg[binary]>=3.1", "selenium>=4.10"],
+        "test": ["psycopg[binary]>=3.1", "selenium>=4.10", "hypothesis>=6", "orjson>=3.9"],
         "docs": ["sphinx>=7"],
         # Faster decoding of received bodies (fedmsg_twisted.encoding.decode_body);
         # same results without it.

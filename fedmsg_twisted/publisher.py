@@ -370,6 +370,14 @@ class PublisherService(Service):
             self._next_seq += 1
         if self.signer is None:
             return self.publish_envelope(envelope)
+        sign_encoded = getattr(self.signer, "sign_encoded", None)
+        if sign_encoded is not None:
+            # x509: sign and get the wire body from one canonical encoding.
+            try:
+                signed, body = sign_encoded(envelope)
+            except (TypeError, ValueError) as e:
+                return defer.fail(PublishError(f"message is not JSON-serialisable: {e}"))
+            return self._send_encoded(signed, body)
         d = defer.maybeDeferred(self._sign, envelope)
         d.addCallback(self.publish_envelope)
         return d
@@ -388,6 +396,9 @@ class PublisherService(Service):
             body = encoding.dumps_bytes(envelope)
         except (TypeError, ValueError) as e:
             return defer.fail(PublishError(f"message is not JSON-serialisable: {e}"))
+        return self._send_encoded(envelope, body)
+
+    def _send_encoded(self, envelope: Mapping[str, Any], body: bytes) -> defer.Deferred:
         seq = envelope.get("seq_id")
         if self.store is not None and isinstance(seq, int) and not isinstance(seq, bool):
             # Stored before it is sent, so a subscriber that sees the next

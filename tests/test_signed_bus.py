@@ -189,3 +189,19 @@ class SignedBusTests(unittest.TestCase):
         self.assertEqual(await logger.ended, 1)
         self.assertIn(f"nobody.{host}".encode(), logger.stderr)
         self.assertEqual(relay.counters.get("received"), 1)
+
+    async def test_signed_wire_body_is_canonical(self):
+        relay = self.start(RelayService(self.cfg))
+        frames = []
+        sock = fzmq.SubSocket(fzmq.shared_factory(), frames.append, ("",), [(fzmq._zmq.LINGER, 0)])
+        self.addCleanup(sock.close)
+        sock.connect(self.cfg["endpoints"]["relay_outbound"][0])
+        await wait_for(relay.has_subscriber, what="raw subscriber")
+        pub = self.signing_publisher("svc")
+        sent = await pub.publish(topic="thing", modname="svc", msg={"s": "h\u00e9", "f": [0.1, 1e22], "n": None})
+        await wait_for(lambda: frames, what="the signed message")
+        self.assertEqual(frames[0][1], encoding.dumps_bytes(sent))
+        from fedmsg_twisted.publisher import PublishError
+
+        with self.assertRaises(PublishError):
+            await pub.publish(topic="thing", modname="svc", msg={"x": object()})
