@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from fedmsg_twisted.store import Row
+from fedmsg_twisted.store import ROW_COLUMNS, Row, row_from_db
 
 log = Logger(namespace="fedmsg_twisted.query")
 
@@ -58,7 +58,6 @@ MAX_OFFSET = 1_000_000
 #: Most values one repeatable parameter may take.
 MAX_VALUES = 50
 
-_COLUMNS = "seq_id, msg_id, topic, timestamp, username, agent, category, received, body"
 
 #: C{by=} names for statistics, and the column each counts.
 STATS_COLUMNS: Mapping[str, str] = {
@@ -395,18 +394,7 @@ def _where(q: RawQuery, backend: str, has_tags: bool = True) -> _Sql:
     return s
 
 
-def _row(r: Sequence[Any]) -> Row:
-    return Row(
-        seq_id=r[0],
-        msg_id=r[1],
-        topic=r[2],
-        timestamp=r[3],
-        username=r[4],
-        agent=r[5],
-        category=r[6],
-        received=r[7],
-        body=bytes(r[8]),
-    )
+
 
 
 def _bounded(archive: Any, timeout: float, work: Callable[[Callable[[str, Sequence[Any]], Any]], Any]) -> Any:
@@ -454,9 +442,9 @@ def raw(archive: Any, q: RawQuery, timeout: float = DEFAULT_TIMEOUT) -> defer.De
         rows: list[Row] = []
         if offset < total:
             rows = [
-                _row(r)
+                row_from_db(r)
                 for r in execute(
-                    f"SELECT {_COLUMNS} FROM fedmsg_archive{s.where()}"
+                    f"SELECT {ROW_COLUMNS} FROM fedmsg_archive{s.where()}"
                     f" ORDER BY seq_id {order} LIMIT ? OFFSET ?",
                     s.params + [q.rows_per_page, offset],
                 ).fetchall()
@@ -472,8 +460,8 @@ def by_msg_id(archive: Any, msg_id: str, timeout: float = DEFAULT_TIMEOUT) -> de
     """
 
     def work(execute: Callable[..., Any]) -> Row | None:
-        r = execute(f"SELECT {_COLUMNS} FROM fedmsg_archive WHERE msg_id = ?", [msg_id]).fetchone()
-        return _row(r) if r else None
+        r = execute(f"SELECT {ROW_COLUMNS} FROM fedmsg_archive WHERE msg_id = ?", [msg_id]).fetchone()
+        return row_from_db(r) if r else None
 
     return archive._on_reader(_bounded, archive, timeout, work)
 
@@ -486,9 +474,9 @@ def tail(archive: Any, since_seq: int, limit: int, timeout: float = DEFAULT_TIME
 
     def work(execute: Callable[..., Any]) -> list[Row]:
         return [
-            _row(r)
+            row_from_db(r)
             for r in execute(
-                f"SELECT {_COLUMNS} FROM fedmsg_archive WHERE seq_id > ? ORDER BY seq_id LIMIT ?",
+                f"SELECT {ROW_COLUMNS} FROM fedmsg_archive WHERE seq_id > ? ORDER BY seq_id LIMIT ?",
                 [int(since_seq), int(limit)],
             ).fetchall()
         ]
@@ -509,9 +497,9 @@ def recent(
     def work(execute: Callable[..., Any]) -> tuple[int, list[Row]]:
         (latest,) = execute("SELECT max(seq_id) FROM fedmsg_archive", []).fetchone()
         rows = [
-            _row(r)
+            row_from_db(r)
             for r in execute(
-                f"SELECT {_COLUMNS} FROM fedmsg_archive WHERE seq_id > ? ORDER BY seq_id DESC LIMIT ?",
+                f"SELECT {ROW_COLUMNS} FROM fedmsg_archive WHERE seq_id > ? ORDER BY seq_id DESC LIMIT ?",
                 [int(since or 0), int(count)],
             ).fetchall()
         ]

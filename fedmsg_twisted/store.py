@@ -160,7 +160,24 @@ class Row:
     body: bytes
 
 
-_COLUMNS = "seq_id, msg_id, topic, timestamp, username, agent, category, received, body"
+ROW_COLUMNS = "seq_id, msg_id, topic, timestamp, username, agent, category, received, body"
+
+
+def row_from_db(r: Sequence[Any]) -> Row:
+    """
+    A L{Row} from a database row selected as C{ROW_COLUMNS}.
+    """
+    return Row(
+        seq_id=r[0],
+        msg_id=r[1],
+        topic=r[2],
+        timestamp=r[3],
+        username=r[4],
+        agent=r[5],
+        category=r[6],
+        received=r[7],
+        body=bytes(r[8]),
+    )
 
 
 def category_of(topic: str) -> str | None:
@@ -1240,6 +1257,38 @@ class Archive:
             self._reader_conns.append(conn)
         return conn
 
+    def _selectors(
+        self,
+        seq_ids: Iterable[int] | None,
+        seq_id_range: tuple[int, int] | None,
+        msg_ids: Iterable[str] | None,
+        time_range: tuple[float, float] | None,
+    ) -> tuple[list[str], list[Any]]:
+        """
+        The SQL clauses (to be OR-ed) and parameters for replay's selectors;
+        an empty list of ids selects nothing.
+        """
+        b = self._backend
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, values, cast in (("seq_id", seq_ids, int), ("msg_id", msg_ids, str)):
+            if values is None:
+                continue
+            items = [cast(v) for v in values]
+            if items:
+                c, p = b.in_clause(column, items)
+                clauses.append(c)
+                params += p
+            else:
+                clauses.append("1 = 0")
+        if seq_id_range is not None:
+            clauses.append("seq_id BETWEEN ? AND ?")
+            params += [int(seq_id_range[0]), int(seq_id_range[1])]
+        if time_range is not None:
+            clauses.append("timestamp BETWEEN ? AND ?")
+            params += [float(time_range[0]), float(time_range[1])]
+        return clauses, params
+
     def get(
         self,
         *,
@@ -1261,31 +1310,7 @@ class Archive:
             L{ResultTooLarge} without loading them (sizes are checked first).
         @return: Deferred firing with a list of L{Row}.
         """
-        b = self._backend
-        clauses: list[str] = []
-        params: list[Any] = []
-        if seq_ids is not None:
-            ids = [int(i) for i in seq_ids]
-            if ids:
-                c, p = b.in_clause("seq_id", ids)
-                clauses.append(c)
-                params += p
-            else:
-                clauses.append("1 = 0")
-        if seq_id_range is not None:
-            clauses.append("seq_id BETWEEN ? AND ?")
-            params += [int(seq_id_range[0]), int(seq_id_range[1])]
-        if msg_ids is not None:
-            mids = [str(m) for m in msg_ids]
-            if mids:
-                c, p = b.in_clause("msg_id", mids)
-                clauses.append(c)
-                params += p
-            else:
-                clauses.append("1 = 0")
-        if time_range is not None:
-            clauses.append("timestamp BETWEEN ? AND ?")
-            params += [float(time_range[0]), float(time_range[1])]
+        clauses, params = self._selectors(seq_ids, seq_id_range, msg_ids, time_range)
         if since_seq is not None:
             clauses.append("seq_id > ?")
             params.append(int(since_seq))
@@ -1312,21 +1337,8 @@ class Archive:
                 return []
             clause, params = b.in_clause("seq_id", [seq for seq, _ in sizes])
             where = f" WHERE {clause} ORDER BY seq_id"
-        rows = conn.execute(b.sql(f"SELECT {_COLUMNS} FROM fedmsg_archive{where}"), params).fetchall()
-        return [
-            Row(
-                seq_id=r[0],
-                msg_id=r[1],
-                topic=r[2],
-                timestamp=r[3],
-                username=r[4],
-                agent=r[5],
-                category=r[6],
-                received=r[7],
-                body=bytes(r[8]),
-            )
-            for r in rows
-        ]
+        rows = conn.execute(b.sql(f"SELECT {ROW_COLUMNS} FROM fedmsg_archive{where}"), params).fetchall()
+        return [row_from_db(r) for r in rows]
 
     def index(
         self,
@@ -1345,30 +1357,7 @@ class Archive:
         what a subscriber compares with what it already has.
         """
         b = self._backend
-        clauses: list[str] = []
-        params: list[Any] = []
-        if seq_ids is not None:
-            ids = [int(i) for i in seq_ids]
-            if ids:
-                c, p = b.in_clause("seq_id", ids)
-                clauses.append(c)
-                params += p
-            else:
-                clauses.append("1 = 0")
-        if seq_id_range is not None:
-            clauses.append("seq_id BETWEEN ? AND ?")
-            params += [int(seq_id_range[0]), int(seq_id_range[1])]
-        if msg_ids is not None:
-            mids = [str(m) for m in msg_ids]
-            if mids:
-                c, p = b.in_clause("msg_id", mids)
-                clauses.append(c)
-                params += p
-            else:
-                clauses.append("1 = 0")
-        if time_range is not None:
-            clauses.append("timestamp BETWEEN ? AND ?")
-            params += [float(time_range[0]), float(time_range[1])]
+        clauses, params = self._selectors(seq_ids, seq_id_range, msg_ids, time_range)
         where = " OR ".join(f"({c})" for c in clauses) or "1 = 1"
         prefixes = [str(t) for t in (topics or ())]
         if prefixes and "" not in prefixes:
