@@ -291,13 +291,10 @@ class ReplayServer:
         if self._running >= self.max_concurrent:
             self.counters["busy"] += 1
             return [error_frame("Replay server is busy, try again later")]
-        if query.index or query.topics is not None or query.limit is not None:
-            return await self._extended(query)
+        answer = self._extended if query.index or query.topics is not None or query.limit is not None else self._plain
         self._running += 1
         try:
-            rows = await self.archive.get(
-                limit=self.max_messages + 1, max_bytes=self.max_bytes, **query.selectors()
-            )
+            return await answer(query)
         except ResultTooLarge as e:
             return self._refuse(
                 f"The reply would be too large ({e.size} bytes, limit {e.limit}); narrow the query down"
@@ -308,6 +305,14 @@ class ReplayServer:
             return [error_frame("The archive could not answer the query")]
         finally:
             self._running -= 1
+
+    async def _plain(self, query: ReplayQuery) -> list[bytes]:
+        """
+        fedmsg's queries: every match, in seq_id order, bodies unchanged.
+        """
+        rows = await self.archive.get(
+            limit=self.max_messages + 1, max_bytes=self.max_bytes, **query.selectors()
+        )
         if not rows:
             self.counters["no_match"] += 1
             return [error_frame(NO_MATCH)]
@@ -325,35 +330,21 @@ class ReplayServer:
         """
         sel = query.selectors()
         limit = min(query.limit or self.max_messages, self.max_messages)
-        self._running += 1
-        try:
-            index = await self.archive.index(
-                topics=query.topics,
-                limit=limit if query.limit is not None else limit + 1,
-                **sel,
-            )
-            if query.limit is None and len(index) > self.max_messages:
-                return self._refuse(f"{TOO_MANY} (more than {self.max_messages}); narrow it down")
-            index = index[:limit]
-            if not index:
-                self.counters["no_match"] += 1
-                return [error_frame(NO_MATCH)]
-            if query.index:
-                self.counters["indexed"] += len(index)
-                return [encoding.dumps_bytes([seq, mid]) for seq, mid in index]
-            rows = await self.archive.get(
-                seq_ids=[seq for seq, _ in index], max_bytes=self.max_bytes
-            )
-        except ResultTooLarge as e:
-            return self._refuse(
-                f"The reply would be too large ({e.size} bytes, limit {e.limit}); narrow the query down"
-            )
-        except Exception as e:
-            self.counters["archive_failed"] += 1
-            log.error("Replay query {keys} failed in the archive: {error}", keys=query.keys, error=e)
-            return [error_frame("The archive could not answer the query")]
-        finally:
-            self._running -= 1
+        index = await self.archive.index(
+            topics=query.topics,
+            limit=limit if query.limit is not None else limit + 1,
+            **sel,
+        )
+        if query.limit is None and len(index) > self.max_messages:
+            return self._refuse(f"{TOO_MANY} (more than {self.max_messages}); narrow it down")
+        index = index[:limit]
+        if not index:
+            self.counters["no_match"] += 1
+            return [error_frame(NO_MATCH)]
+        if query.index:
+            self.counters["indexed"] += len(index)
+            return [encoding.dumps_bytes([seq, mid]) for seq, mid in index]
+        rows = await self.archive.get(seq_ids=[seq for seq, _ in index], max_bytes=self.max_bytes)
         self.counters["replayed"] += len(rows)
         return [r.body for r in rows]
 
