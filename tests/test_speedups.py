@@ -1,9 +1,10 @@
 """
 The fast paths give exactly what the slow ones give.
 
-Decoding may use orjson (L{fedmsg_twisted.encoding._fast_loads}); these
-tests compare it with C{json.loads} on a large randomised corpus, strictly:
-same acceptance, same types, same float bits, same key order.
+Decoding and encoding may use orjson (L{fedmsg_twisted.encoding._fast_loads},
+L{fedmsg_twisted.encoding._fast_dumps}); these tests compare them with the
+standard library on large randomised corpora, strictly: same acceptance, same
+types, same float bits, same key order, same bytes.
 """
 
 from __future__ import annotations
@@ -272,6 +273,208 @@ class FastDecodeTests(FastDecodeMixin, unittest.TestCase):
         for i in range(0, len(parts), 100):
             chunk = parts[i:i + 100]
             self.assertSameDecode('{"msg":[' + ",".join(chunk) + "]}")
+
+
+def reference_dumps(obj):
+    """
+    The canonical bytes from the standard library alone (fedmsg's encoder
+    plus the two types L{encoding._default} adds), or the exception type.
+    """
+    try:
+        return encoding._encoder.encode(obj).encode("ascii")
+    except (TypeError, ValueError, RecursionError) as e:
+        return type(e)
+
+
+def actual_dumps(obj):
+    try:
+        return encoding.dumps_bytes(obj)
+    except (TypeError, ValueError, RecursionError) as e:
+        return type(e)
+
+
+_KEY_CHARS = st.sampled_from(["a", "b", "A", "_", "é", "\x7f", "\x00", "\x1f", "\n", '"', "\\", "/",
+                              "\u2028", "\U0001f600", "\ud800", "0", "e", "-", " "])
+_keys = st.one_of(_texts, st.lists(_KEY_CHARS, max_size=4).map("".join))
+_small_floats = st.floats(min_value=-1e-3, max_value=1e-3, allow_nan=False)
+_encodable = st.recursive(
+    st.one_of(st.none(), st.booleans(), _ints, _floats, _small_floats, _texts, st.lists(_KEY_CHARS, max_size=5).map("".join)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=6),
+        st.lists(children, max_size=4).map(tuple),
+        st.dictionaries(_keys, children, max_size=6),
+    ),
+    max_leaves=40,
+)
+
+
+class FastEncodeTests(unittest.TestCase):
+    """
+    encoding.dumps_bytes with orjson (when installed) gives exactly the
+    standard library's canonical bytes, or the standard library's error.
+    """
+
+    def assertSameEncode(self, obj) -> None:
+        expected = reference_dumps(obj)
+        actual = actual_dumps(obj)
+        self.assertEqual(expected, actual, repr(obj)[:300])
+        if isinstance(expected, bytes):
+            self.assertEqual(encoding.dumps(obj), expected.decode("ascii"))
+
+    def test_fastPathIsTaken(self) -> None:
+        """
+        Plain envelopes (ASCII, integers, ordinary floats, nulls) take the
+        fast path when orjson is installed: the speed-up is real, not only
+        the fallback.
+        """
+        if encoding._orjson is None:
+            raise unittest.SkipTest("orjson is not installed (the speed extra)")
+        env = {"topic": "org.x.prod.a.b", "msg": {"n": [1, -2, 3.25, 1e20, None, True], "s": "re-run e-mail"},
+               "i": 1, "msg_id": "2026-abc", "timestamp": 1700000000, "username": None}
+        fast = encoding._fast_dumps(env)
+        self.assertIsNotNone(fast)
+        self.assertEqual(fast, reference_dumps(env))
+
+    def test_differencesFallBack(self) -> None:
+        """
+        Everything orjson writes differently ends up with the standard
+        library's bytes: non-ASCII, DEL, small floats, NaN and infinities
+        (also inside enums), big integers, non-string keys, subclasses,
+        datetimes, sets, objects with __json__, tuples, deep nesting, cycles.
+        """
+        import collections
+        import dataclasses
+        import datetime
+        import enum
+
+        class Colour(enum.Enum):
+            RED = 1
+            PAIR = (1, "é")
+            NOT_A_NUMBER = float("nan")
+
+        class Level(enum.IntEnum):
+            HIGH = 7
+
+        class Kind(str, enum.Enum):
+            BUG = "bug"
+
+        class Weird(float, enum.Enum):
+            TINY = 1e-7
+            HUGE = float("inf")
+
+        class Text(str):
+            pass
+
+        class Number(int):
+            pass
+
+        class Mapping(dict):
+            pass
+
+        class Items(list):
+            pass
+
+        class Ratio(float):
+            pass
+
+        @dataclasses.dataclass
+        class Point:
+            x: int
+
+        class Jsonable:
+            def __json__(self):
+                return {"b": 1e-9, "a": "x"}
+
+        Pair = collections.namedtuple("Pair", "a b")
+        loop: list = []
+        loop.append(loop)
+        deep: list = []
+        for _ in range(300):
+            deep = [deep]
+        cases = [
+            "é", "\x7f", "a\x7fb", {"\x7f": 1}, {"é": 1}, "\U0001f600", "\ud800", "\x00\x1f\n\t\"\\/",
+            1e-5, 1.5e-7, 0.0001, 0.00009999, 5e-324, -1e-300, 1e16, 1e22, -0.0, 0.0, 1e-4, 123.0,
+            float("nan"), float("inf"), -float("inf"), [None, float("nan")], {"a": None, "b": float("inf")},
+            2**63, 2**64 - 1, 2**64, -(2**63), -(2**63) - 1, 10**30,
+            {1: "a"}, {None: 1, "b": 2}, {True: 1}, {1.5: 1}, {Text("k"): 1},
+            Text("s"), Number(3), Mapping(b=1, a=2), Items([2, 1]), Ratio(1.5), collections.OrderedDict(b=1, a=2),
+            Colour.RED, Colour.PAIR, Colour.NOT_A_NUMBER, [Colour.NOT_A_NUMBER, None], Level.HIGH, Kind.BUG,
+            {"k": Kind.BUG}, Weird.TINY, [Weird.HUGE, None],
+            uuid.UUID("12345678-1234-5678-1234-567812345678"), {uuid.uuid4().hex: uuid.uuid4()},
+            datetime.datetime(2024, 1, 2, 3, 4, 5), datetime.date(2024, 1, 2), time.localtime(0),
+            {1, 2}, frozenset(["a"]), Point(1), Jsonable(), Pair(1, 2), (1, (2, [3])), b"bytes",
+            deep, loop, object(), 1 + 2j,
+        ]
+        for case in cases:
+            self.assertSameEncode(case)
+            self.assertSameEncode({"msg": case, "topic": "t"})
+            self.assertSameEncode([case, "null"])
+
+    def test_uuidsAndEnums(self) -> None:
+        """
+        UUIDs encode as their canonical text and enums as their value, with
+        or without orjson (fedmsg's encoder refused them).
+        """
+        import enum
+
+        class Colour(enum.Enum):
+            RED = "red"
+
+        u = uuid.UUID("12345678-1234-5678-1234-567812345678")
+        self.assertEqual(encoding.dumps({"u": u, "c": Colour.RED}),
+                         '{"c":"red","u":"12345678-1234-5678-1234-567812345678"}')
+        self.assertEqual(encoding._encoder.encode({"u": u, "c": Colour.RED}),
+                         '{"c":"red","u":"12345678-1234-5678-1234-567812345678"}')
+
+    def test_floatSweep(self) -> None:
+        """
+        Floats of every magnitude (1e-330 to 1e308, round decimals and random
+        bit patterns): the same text as repr, through whichever path.
+        """
+        rng = random.Random(11)
+        values = []
+        for e in range(-330, 309):
+            for m in (1.0, 1.5, 2.5, 9.999999, 1.2345678901234567, 5.0):
+                try:
+                    values.append(float(f"{m}e{e}"))
+                except OverflowError:
+                    pass
+        values += [struct_float(rng.getrandbits(64)) for _ in range(20000)]
+        values += [rng.randint(-10**6, 10**6) / rng.choice([1, 10, 100, 10**4, 10**7]) for _ in range(5000)]
+        values += [10 ** rng.uniform(-12, 25) for _ in range(5000)]
+        for i in range(0, len(values), 50):
+            chunk = values[i:i + 50]
+            self.assertSameEncode({"msg": chunk})
+            for v in chunk[:5]:
+                self.assertSameEncode(v)
+
+    def test_asciiEscapes(self) -> None:
+        """
+        Every code point below 0x100 alone and inside text, as a value and
+        as a key.
+        """
+        for c in range(0x100):
+            ch = chr(c)
+            self.assertSameEncode({ch: ch, "k" + ch + "k": ["x" + ch + "y"]})
+
+    def test_keyOrder(self) -> None:
+        """
+        Keys that sort differently by byte, by code point and by UTF-16 all
+        come out in the standard library's order.
+        """
+        keys = ["", "a", "A", "a\x00", "ab", "b", "_", "~", "\x7f", "é", "\uffff", "\U0001f600", "\ue000", "Z"]
+        for n in range(1, len(keys) + 1):
+            self.assertSameEncode({k: i for i, k in enumerate(keys[:n])})
+        self.assertSameEncode(dict(zip(reversed(keys), range(len(keys)))))
+
+    @_SETTINGS
+    @given(_encodable)
+    def test_randomValues(self, value) -> None:
+        """
+        Random values of every type, alone and as the msg of an envelope.
+        """
+        self.assertSameEncode(value)
+        self.assertSameEncode({"topic": "org.x.dev.y", "msg": value, "i": 1, "username": None})
 
 
 def struct_float(bits: int) -> float:
