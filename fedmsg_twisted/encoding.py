@@ -92,7 +92,7 @@ def dumps(obj: Any) -> str:
     """
     Encode C{obj} as fedmsg's canonical JSON text (the form that is signed).
     """
-    if _orjson is not None:
+    if _orjson is not None and type(obj) in _CONTAINERS:
         fast = _fast_dumps(obj)
         if fast is not None:
             return fast.decode("ascii")
@@ -103,12 +103,16 @@ def dumps_bytes(obj: Any) -> bytes:
     """
     Encode C{obj} as the canonical JSON bytes sent as the second frame.
     """
-    if _orjson is not None:
+    if _orjson is not None and type(obj) in _CONTAINERS:
         fast = _fast_dumps(obj)
         if fast is not None:
             return fast
     return _encoder.encode(obj).encode("ascii")
 
+
+# Only containers are worth the fast encoder's checks; a lone string or
+# number is quicker through the standard library.
+_CONTAINERS = frozenset((dict, list, tuple))
 
 if _orjson is not None:
     _FAST_DUMPS_OPTIONS = (

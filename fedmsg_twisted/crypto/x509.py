@@ -66,6 +66,9 @@ __all__ = ["X509Signer", "TrustStore", "X509Validator", "wrap76", "canonical_byt
 log = Logger(namespace="fedmsg_twisted.crypto.x509")
 
 _CREDENTIALS = ("signature", "certificate")
+# Stateless algorithm descriptions, built once instead of per message.
+_PKCS1 = padding.PKCS1v15()
+_SHA1 = hashes.SHA1()
 
 
 def wrap76(b64: bytes | str) -> str:
@@ -80,7 +83,7 @@ def canonical_bytes(envelope: Mapping[str, Any]) -> bytes:
     """
     The signed bytes: canonical JSON of the envelope minus signature and certificate.
     """
-    return dumps({k: v for k, v in envelope.items() if k not in _CREDENTIALS}).encode("utf-8")
+    return dumps_bytes({k: v for k, v in envelope.items() if k not in _CREDENTIALS})
 
 
 def _common_name(cert: x509.Certificate) -> str | None:
@@ -210,7 +213,7 @@ class X509Signer:
         self._maybe_reload()
         signed = {k: v for k, v in envelope.items() if k not in _CREDENTIALS}
         signed["crypto"] = "x509"
-        sig = self._key.sign(dumps(signed).encode("utf-8"), padding.PKCS1v15(), hashes.SHA1())
+        sig = self._key.sign(dumps(signed).encode("utf-8"), _PKCS1, _SHA1)
         signed["signature"] = wrap76(base64.b64encode(sig))
         signed["certificate"] = self._cert_field
         return signed
@@ -238,7 +241,7 @@ class X509Signer:
             return signed, dumps_bytes(signed)
         members = {k: _encode_string(k) + ":" + dumps(v) for k, v in signed.items()}
         text = "{" + ",".join([members[k] for k in sorted(members)]) + "}"
-        sig = self._key.sign(text.encode("utf-8"), padding.PKCS1v15(), hashes.SHA1())
+        sig = self._key.sign(text.encode("utf-8"), _PKCS1, _SHA1)
         signed["signature"] = wrap76(base64.b64encode(sig))
         signed["certificate"] = self._cert_field
         for name in _CREDENTIALS:
@@ -310,6 +313,8 @@ class TrustStore:
         self._agent = agent
         self.generation = 0
         self.ca: x509.Certificate | None = None
+        #: C{ca}'s notAfter as a timestamp (checked for every message).
+        self.ca_not_after = 0.0
         self.ca_problem: str | None = "no CA certificate configured (ca_cert_location)" if not ca_location else None
         self.crl: x509.CertificateRevocationList | None = None
         self.crl_problem: str | None = None
@@ -386,6 +391,7 @@ class TrustStore:
         if self.ca is not None and ca == self.ca:
             return True
         self.ca = ca
+        self.ca_not_after = ca.not_valid_after_utc.timestamp()
         self.ca_problem = None
         self.generation += 1
         log.info("Loaded CA {subject} from {where}", subject=ca.subject.rfc4514_string(), where=where)
@@ -585,6 +591,7 @@ class _CertInfo:
     not_before: float = 0.0
     not_after: float = 0.0
     public_key: Any = None
+    is_rsa: bool = False
     chain_generation: int = -1
     chain_result: tuple[str, str] | None = None
 
@@ -641,6 +648,7 @@ class X509Validator:
             not_before=cert.not_valid_before_utc.timestamp(),
             not_after=cert.not_valid_after_utc.timestamp(),
             public_key=public_key,
+            is_rsa=isinstance(public_key, rsa.RSAPublicKey),
         )
 
     def _chain(self, info: _CertInfo) -> tuple[str, str] | None:
@@ -711,7 +719,7 @@ class X509Validator:
             return Verdict.invalid(EXPIRED, f"certificate not valid before {info.cert.not_valid_before_utc}", signer)
         if now > info.not_after:
             return Verdict.invalid(EXPIRED, f"certificate expired at {info.cert.not_valid_after_utc}", signer)
-        if now > trust.ca.not_valid_after_utc.timestamp():
+        if now > trust.ca_not_after:
             return Verdict.invalid(EXPIRED, f"CA certificate expired at {trust.ca.not_valid_after_utc}", signer)
         crl = trust.crl_verdict()
         if crl is not None:
@@ -725,10 +733,10 @@ class X509Validator:
         except (TypeError, ValueError) as e:
             return Verdict.invalid(MALFORMED, f"cannot encode envelope canonically: {e}", signer)
         key = info.public_key
-        if not isinstance(key, rsa.RSAPublicKey):
+        if not info.is_rsa:
             return Verdict.invalid(BAD_SIGNATURE, f"certificate key is {type(key).__name__}, not RSA", signer)
         try:
-            key.verify(signature, data, padding.PKCS1v15(), hashes.SHA1())
+            key.verify(signature, data, _PKCS1, _SHA1)
         except InvalidSignature:
             return Verdict.invalid(BAD_SIGNATURE, "signature does not match the message", signer)
         if signer is None:
