@@ -122,10 +122,36 @@ if _orjson is not None:
         | _orjson.OPT_PASSTHROUGH_DATACLASS
     )
 
-#: orjson writes floats below 1e-4 as C{0.00001} or C{2.5e-7} where Python
-#: writes C{1e-05} and C{2.5e-07}; every other finite float it writes as
-#: Python's C{repr} does (checked on millions of floats by the tests).
-_SMALL_FLOAT = re.compile(rb"[0-9]e-|0\.0000")
+#: A number's mantissa right before an C{e-}: inside a container a number
+#: follows C{[}, C{:} or C{,}.  (At most 19 characters: sign, 17 digits, dot.)
+_MANTISSA_BEFORE = re.compile(rb"[\[:,]-?[0-9]+(?:\.[0-9]+)?\Z")
+# (For two-letter needles re's literal search is twice as fast as bytes.find.)
+_E_MINUS = re.compile(rb"e-")
+_NULL = re.compile(rb"null")
+
+
+def _has_small_float(out: bytes) -> bool:
+    """
+    Whether orjson's output holds a float below 1e-4, which it writes as
+    C{0.00001} or C{2.5e-7} where Python writes C{1e-05} and C{2.5e-07}.
+    Every other finite float it writes as Python's C{repr} does (checked on
+    millions of floats by the tests).  Only the places where C{e-} or
+    C{0.0000} occur are looked at, so text such as a msg_id's C{...3e-...}
+    stays on the fast path.
+    """
+    m = _E_MINUS.search(out)
+    while m is not None:
+        i = m.start()
+        if _MANTISSA_BEFORE.search(out, max(0, i - 24), i):
+            return True
+        m = _E_MINUS.search(out, i + 2)
+    i = out.find(b"0.0000")
+    while i != -1:
+        j = i - 1 if i > 0 and out[i - 1] == 0x2D else i  # a minus sign
+        if j > 0 and out[j - 1] in b"[:,":
+            return True
+        i = out.find(b"0.0000", i + 6)
+    return False
 
 
 def _refuse(obj: Any) -> Any:
@@ -146,9 +172,7 @@ def _fast_dumps(obj: Any) -> bytes | None:
       - non-ASCII text (orjson writes UTF-8, we escape it): the output is not
         ASCII;
       - DEL, which we escape as C{\\u007f}: a 0x7f byte in the output;
-      - floats below 1e-4, written differently: L{_SMALL_FLOAT} in the output
-        (a digit before C{e-} also occurs in text, which then merely takes
-        the slow path);
+      - floats below 1e-4, written differently: L{_has_small_float};
       - NaN and infinities, which orjson writes as C{null}: looked for in the
         value only when the output has a C{null}.
     Everything else orjson cannot encode or hands to C{default} (subclasses,
@@ -161,9 +185,9 @@ def _fast_dumps(obj: Any) -> bytes | None:
         return None
     if not out.isascii() or b"\x7f" in out:
         return None
-    if (b"e-" in out or b"0.0000" in out) and _SMALL_FLOAT.search(out):
+    if _has_small_float(out):
         return None
-    if b"null" in out and _has_non_finite(obj):
+    if _NULL.search(out) and _has_non_finite(obj):
         return None
     return out
 

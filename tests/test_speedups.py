@@ -522,6 +522,56 @@ class MsgIdTests(unittest.TestCase):
         self.assertEqual((ands >> 76) & 0xF, 4)
         self.assertEqual((ands >> 62) & 0x3, 2)
 
+    def test_threadsDoNotShareRandomBytes(self) -> None:
+        """
+        msg_ids drawn at once from many threads (each with its own pool of
+        random bytes) are all different.
+        """
+        import threading
+
+        results: list[list[str]] = [[] for _ in range(8)]
+
+        def draw(out: list[str]) -> None:
+            for _ in range(3000):
+                out.append(envelope.uuid4_text())
+
+        threads = [threading.Thread(target=draw, args=(r,)) for r in results]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ids = [i for r in results for i in r]
+        self.assertEqual(len(set(ids)), 8 * 3000)
+
+    def test_forkedChildDoesNotRepeatParent(self) -> None:
+        """
+        A forked child does not reuse the random bytes its parent has
+        drawn but not used yet.
+        """
+        import os
+
+        envelope.uuid4_text()  # the parent's pool is filled
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report its next ids and leave at once
+            try:
+                os.write(w, "\n".join(envelope.uuid4_text() for _ in range(50)).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        parent = {envelope.uuid4_text() for _ in range(50)}
+        chunks = []
+        while True:
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(r)
+        os.waitpid(pid, 0)
+        child = set(b"".join(chunks).decode().split("\n"))
+        self.assertEqual(len(child), 50)
+        self.assertEqual(parent & child, set())
+
     def test_yearFollowsTheClock(self) -> None:
         """
         The year comes from the given clock, also across a new year and
