@@ -824,7 +824,13 @@ def memory_scenario(args):
                sum(lost(r, skip=("stopped",)) for r in results), [cpu_us(r) for r in results],
                note=f"N={n} paced {MEMORY_PACE:,}/s; stopped subscriber lost (median) {med(drops):,.0f}",
                fmt="{:.1f}")
-        RATIOS.append(dict(group=group, name=f"relay peak RSS MB, hwm {label}", values=peaks, target=150, kind="<="))
+        # The target is for a relay that bounds its queues and drops (counted
+        # at the subscribers, whose gap healing fetches the drops back): the
+        # default.  hwm 0 asks zmq to queue everything for the stopped
+        # subscriber, so its RSS grows with the backlog by design: shown, not
+        # judged.
+        RATIOS.append(dict(group=group, name=f"relay peak RSS MB, hwm {label}", values=peaks,
+                           target=150 if hwm != 0 else None, kind="<="))
 
 
 def profile_hot_paths(args):
