@@ -132,10 +132,6 @@ def ours(role, *a):
     return [PY, os.path.join(SCEN, "ours.py"), role, *map(str, a)]
 
 
-def proposed(role, *a):
-    return [PY, os.path.join(SCEN, "proposed.py"), role, *map(str, a)]
-
-
 def raw(role, *a):
     return [PY, os.path.join(SCEN, "raw.py"), role, *map(str, a)]
 
@@ -432,7 +428,7 @@ def crypto_material():
 # -- scenarios ---------------------------------------------------------------------
 
 
-INFO_ONLY = ("proposed patches", "(no JSON, info)", "+ canonical json.dumps")
+INFO_ONLY = ("(no JSON, info)", "+ canonical json.dumps")
 
 
 def trim(args, variants):
@@ -456,7 +452,6 @@ def relay_scenario(args):
             "fedmsg-twisted RelayService": lambda i, o: ours("relay", "--inbound", i, "--outbound", o),
             "zmq.proxy (C)": lambda i, o: raw("proxy", "--inbound", i, "--outbound", o),
             "Python pyzmq loop": lambda i, o: raw("pyfwd", "--inbound", i, "--outbound", o),
-            "RelayService + proposed patches": lambda i, o: proposed("relay", "--inbound", i, "--outbound", o),
             "RelayService + SQLite archive": lambda i, o: ours(
                 "relay", "--inbound", i, "--outbound", o, "--archive", tempfile.mkdtemp(prefix="bench-archive-")
             ),
@@ -486,9 +481,6 @@ def relay_scenario(args):
             failed = sum(dict(r["middles"])["relay"].get("archive_failed", 0) for r in with_archive)
             record("archive write throughput (SQLite, batched, off the reactor)", f"messages archived, {sname}",
                    archive_rates, "msg/s", failed, note=f"N={n}; lower bound: start of stream to last commit; failed or dropped writes: {failed}")
-        ratio(group, f"relay + proposed patches / zmq.proxy, {sname}",
-              rates(per, "RelayService + proposed patches", recv_rate),
-              [recv_rate(r) for r in per["zmq.proxy (C)"]], None)
 
 
 def publish_scenario(args):
@@ -532,7 +524,6 @@ def subscribe_scenario(args):
             "fedmsg-twisted SubscriberService": lambda c: ours("sub", "--connect", c, "--n", n),
             "real fedmsg tail_messages": lambda c: peer("sub", "--connect", c, "--n", n),
             "raw pyzmq SUB (no JSON, info)": lambda c: raw("sub", "--connect", c, "--n", n),
-            "SubscriberService + proposed patches": lambda c: proposed("sub", "--connect", c, "--n", n),
         }
         variants = trim(args, variants)
         per = {k: [] for k in variants}
@@ -551,9 +542,6 @@ def subscribe_scenario(args):
         ratio(group, f"subscribe / real tail_messages, {sname}",
               [recv_rate(r) for r in per["fedmsg-twisted SubscriberService"]],
               [recv_rate(r) for r in per["real fedmsg tail_messages"]], 1.5)
-        ratio(group, f"subscribe + proposed patches / real tail_messages, {sname}",
-              rates(per, "SubscriberService + proposed patches", recv_rate),
-              [recv_rate(r) for r in per["real fedmsg tail_messages"]], None)
 
 
 def _crypto_available():
