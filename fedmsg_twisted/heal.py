@@ -352,29 +352,34 @@ def get_index(
     return defer.Deferred.fromCoroutine(run())
 
 
-class _LRU:
+class _LRU(OrderedDict):
     """
     The msg_ids delivered lately, at most C{size}.
+
+    An C{OrderedDict} itself, so that C{msg_id in lru} (once or twice for
+    every message received) is the C lookup, not a Python method.
     """
 
     def __init__(self, size: int) -> None:
+        super().__init__()
         self.size = max(1, size)
-        self._d: OrderedDict[str, None] = OrderedDict()
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._d
 
     def add(self, key: str) -> None:
-        self._d[key] = None
-        self._d.move_to_end(key)
-        while len(self._d) > self.size:
-            self._d.popitem(last=False)
+        if key in self:
+            self.move_to_end(key)
+        else:
+            self.add_new(key)
 
-    def __len__(self) -> int:
-        return len(self._d)
+    def add_new(self, key: str) -> None:
+        """
+        L{add} for a key known not to be here (one lookup less).
+        """
+        self[key] = None
+        if len(self) > self.size:
+            self.popitem(last=False)
 
     def last(self, n: int) -> list[str]:
-        keys = list(self._d)
+        keys = list(self)
         return keys[-n:]
 
 
@@ -436,9 +441,11 @@ class Healer:
         self.timeout = float(config.get("timeout", 2))
         self.state_file = config.get("subscriber_state_file")
         self.since = since
+        #: Read once: the config is read-only, and L{check_seq} needs it
+        #: for every live message.
+        self.replay_endpoints: dict[str, Any] = dict(config.get("replay_endpoints") or {})
         self.delivered = _LRU(int(config.get("heal_dedup_size", DEFAULT_DEDUP)))
         self.relays: dict[str, _Relay] = {}
-        self.counters = service.counters
         self._saved: dict[str, int] = {}
         self._saving = False
         self._save_again = False
@@ -448,6 +455,8 @@ class Healer:
         self._since_timer: Any = None
         self._pre: list[tuple[str, str, str, dict]] = []
         self.stopped = False
+        #: Relays catching up right now (their live messages are held).
+        self._busy = 0
         #: msg_ids whose callback has returned (or whose Deferred fired):
         #: what the state file and the journal record.
         self.done = _LRU(STATE_DELIVERED)
@@ -458,6 +467,12 @@ class Healer:
         if self.state_file:
             self.journal = AppendLog(f"{self.state_file}.journal", track=self._track)
             self._saved = self._load()
+
+    @property
+    def counters(self) -> Any:
+        # The service's, read each time: the hub replaces its subscriber's
+        # counters after construction.
+        return self.service.counters
 
     # -- state file ----------------------------------------------------------------
 
@@ -496,8 +511,10 @@ class Healer:
         Deferred has fired): record it, durably across a kill -9, before
         anything else happens in this process.
         """
+        if self.journal is None:
+            return
         mid = envelope.get("msg_id")
-        if not isinstance(mid, str) or self.journal is None:
+        if not isinstance(mid, str):
             return
         self.done.add(mid)
         self.journal.append(mid)
@@ -622,6 +639,33 @@ class Healer:
 
     # -- live messages -------------------------------------------------------------
 
+    def live(self, name: str, endpoint: str, topic: str, envelope: dict, dedup: bool) -> bool:
+        """
+        Everything healing does with a live message before the application
+        sees it, in one call (it runs for every message): look for a gap in
+        its publisher's C{seq_id}, hold it while its relay catches up.
+
+        @param dedup: the message is delivered right away if this returns
+            True (no validator): then also drop it if it was delivered
+            already (counted), else record it as delivered, as
+            L{first_delivery} would.
+        @return: True to deliver it now.
+        """
+        mid = envelope.get("msg_id") if dedup else None
+        delivered = self.delivered
+        if isinstance(mid, str) and mid in delivered:
+            self.counters.incr("duplicates")
+            return False
+        if self.replay_endpoints:
+            self.check_seq(name, endpoint, envelope)
+        if (self._busy or (self.since is not None and not self._since_done)) and self.hold(
+            name, endpoint, topic, envelope
+        ):
+            return False
+        if isinstance(mid, str):
+            delivered.add_new(mid)
+        return True
+
     def is_duplicate(self, envelope: Mapping[str, Any]) -> bool:
         mid = envelope.get("msg_id")
         return isinstance(mid, str) and mid in self.delivered
@@ -636,7 +680,7 @@ class Healer:
         if mid in self.delivered:
             self.counters.incr("duplicates")
             return False
-        self.delivered.add(mid)
+        self.delivered.add_new(mid)
         return True
 
     def hold(self, name: str, endpoint: str, topic: str, envelope: dict) -> bool:
@@ -680,7 +724,7 @@ class Healer:
             return
         if name == "relay_outbound" or any(r.endpoint == endpoint for r in self.relays.values()):
             return
-        replay = (self.config.get("replay_endpoints") or {}).get(name)
+        replay = self.replay_endpoints.get(name)
         if not replay:
             return
         key = (name, endpoint)
@@ -734,7 +778,7 @@ class Healer:
             self.counters.incr("dropped", "bad-heartbeat")
             return
         # The config, when it names one, wins over what the heartbeat says.
-        replay = (self.config.get("replay_endpoints") or {}).get(name) or replay
+        replay = self.replay_endpoints.get(name) or replay
         if not isinstance(replay, str):
             replay = None
         if not replay:
@@ -769,6 +813,7 @@ class Healer:
         relay.target = max(seq, relay.target or 0)
         if not relay.busy and (relay.known is None or relay.target > relay.known):
             relay.busy = True
+            self._busy += 1
             d = defer.Deferred.fromCoroutine(self._catch_up(relay))
             d.addErrback(lambda f: log.failure("Healing failed unexpectedly", f))
             self._track(d)
@@ -802,6 +847,7 @@ class Healer:
             )
         finally:
             relay.busy = False
+            self._busy -= 1
             held, relay.held = relay.held, []
             if self.since is not None and not self._since_done:
                 self._since_done = True

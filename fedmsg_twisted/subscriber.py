@@ -11,6 +11,7 @@ and the next one is delivered.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, Iterable, Mapping
 
 from twisted.application.service import Service
@@ -25,6 +26,8 @@ log = Logger(namespace="fedmsg_twisted.subscriber")
 __all__ = ["SubscriberService", "subscription_endpoints"]
 
 Callback = Callable[[str, str, str, dict], Any]
+
+_HEARTBEAT_SUFFIX = heal.HEARTBEAT_SUFFIX
 
 
 def subscription_endpoints(config: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
@@ -78,6 +81,11 @@ class SubscriberService(Service):
         self.counters = Counters()
         self.last_message_at: float | None = None
         self.max_size = self._max_size
+        # Read once (the config is read-only), not for every message:
+        # with zmq_strict, the exact topics delivered (None: any).
+        self._strict_topics: frozenset[str] | None = (
+            frozenset(self.topics) if config["zmq_strict"] and "" not in self.topics else None
+        )
         #: Gap healing from relay archives (L{fedmsg_twisted.heal}), unless
         #: the config's C{heal} is off.
         self.healer: Any = None
@@ -157,7 +165,7 @@ class SubscriberService(Service):
         factory = self._factory or fzmq.shared_factory(self.config["io_threads"])
         sock = fzmq.SubSocket(
             factory,
-            lambda frames: self.frames_received(name, address, frames),
+            partial(self.frames_received, name, address),  # no Python frame of its own
             self._socket_topics,
             fzmq.subscriber_options(self.config),
         )
@@ -186,44 +194,53 @@ class SubscriberService(Service):
         try:
             return encoding.parse_frames(frames, self._max_size)
         except encoding.DecodeError as e:
-            counters.incr("dropped", e.reason)
-            log.warn(
-                "Dropped a malformed message from {name} {endpoint}: {reason} ({detail})",
-                name=name,
-                endpoint=endpoint,
-                reason=e.reason,
-                detail=e.detail[:200],
-            )
+            self._malformed(name, endpoint, e, counters)
             return None
+
+    def _malformed(self, name: str, endpoint: str, e: encoding.DecodeError, counters: Counters) -> None:
+        counters.incr("dropped", e.reason)
+        log.warn(
+            "Dropped a malformed message from {name} {endpoint}: {reason} ({detail})",
+            name=name,
+            endpoint=endpoint,
+            reason=e.reason,
+            detail=e.detail[:200],
+        )
 
     def frames_received(self, name: str, endpoint: str, frames: list[bytes]) -> None:
         """
         Check one raw zmq message and deliver it.  Never raises.
+
+        This runs for every message: what it needs is read once in
+        C{__init__}, L{check_frames} is inline, healing is one call
+        (L{heal.Healer.live}).
         """
-        checked = self.check_frames(name, endpoint, frames)
-        if checked is None:
+        self.counters.incr("received")
+        try:
+            topic, envelope = encoding.parse_frames(frames, self._max_size)
+        except encoding.DecodeError as e:
+            self._malformed(name, endpoint, e, self.counters)
             return
-        topic, envelope = checked
-        if heal.is_heartbeat(topic):
+        if topic.endswith(_HEARTBEAT_SUFFIX):  # heal.is_heartbeat, inline
             # The relay's own signal, never the application's.
             self.counters.incr("heartbeats")
             if self.healer is not None:
                 self.healer.heartbeat(name, endpoint, envelope)
             return
-        if self.config["zmq_strict"] and topic not in self.topics and "" not in self.topics:
+        if self._strict_topics is not None and topic not in self._strict_topics:
             self.counters.incr("dropped", "not-subscribed")
             return
         self.last_message_at = self._reactor.seconds()
-        if self.healer is not None:
-            # With a validator, a forged copy of a delivered message must
-            # still be rejected (and counted as such): dedup after validation.
-            if self.validator is None and self.healer.is_duplicate(envelope):
-                self.counters.incr("duplicates")
-                return
-            self.healer.check_seq(name, endpoint, envelope)
-            if self.healer.hold(name, endpoint, topic, envelope):
-                return
-        self.deliver_live(name, endpoint, topic, envelope)
+        if self.validator is None and self._pending is None:
+            # Delivered now (only validation makes it wait): the healer
+            # drops a duplicate and records the delivery in the same call.
+            if self.healer is None or self.healer.live(name, endpoint, topic, envelope, True):
+                self._call(name, endpoint, topic, envelope)
+            return
+        # With a validator, a forged copy of a delivered message must still
+        # be rejected (and counted as such): dedup after validation.
+        if self.healer is None or self.healer.live(name, endpoint, topic, envelope, False):
+            self.deliver_live(name, endpoint, topic, envelope)
 
     def deliver_live(self, name: str, endpoint: str, topic: str, envelope: dict) -> None:
         """
@@ -258,7 +275,7 @@ class SubscriberService(Service):
         Validate and deliver a message fetched from an archive; fires once
         it has been handed to the application (or rejected).
         """
-        if self.config["zmq_strict"] and topic not in self.topics and "" not in self.topics:
+        if self._strict_topics is not None and topic not in self._strict_topics:
             return defer.succeed(None)
         verdict = self._validate_now(envelope) if self.validator is not None else None
         if self.validator is None or verdict is not None:
@@ -302,6 +319,12 @@ class SubscriberService(Service):
     def _deliver(self, name: str, endpoint: str, topic: str, envelope: dict) -> None:
         if self.healer is not None and not self.healer.first_delivery(envelope):
             return
+        self._call(name, endpoint, topic, envelope)
+
+    def _call(self, name: str, endpoint: str, topic: str, envelope: dict) -> None:
+        """
+        Hand a message (no duplicate: checked and recorded) to the application.
+        """
         self.counters.incr("delivered")
         healer = self.healer
         try:
@@ -312,7 +335,8 @@ class SubscriberService(Service):
             if healer is not None:
                 healer.processed(envelope)  # it is not delivered again either
             return
-        if isinstance(result, defer.Deferred):
+        # "is not None" first: Deferred's isinstance goes through ABCMeta.
+        if result is not None and isinstance(result, defer.Deferred):
             # Recorded once the callback's work is done (docs/healing.rst:
             # at least once across a kill -9, never lost).
             if healer is not None:
@@ -320,7 +344,7 @@ class SubscriberService(Service):
             result.addErrback(self._callback_failed, topic)
             if healer is not None:
                 result.addBoth(lambda _: healer.callback_ended(envelope))
-        elif healer is not None:
+        elif healer is not None and healer.journal is not None:  # else processed() does nothing
             healer.processed(envelope)
 
     def _callback_failed(self, failure: Any, topic: str) -> None:
