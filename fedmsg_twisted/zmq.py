@@ -7,10 +7,11 @@ lazily, from C{startService}, never at import time of anything a plugin or
 an embedding application loads first.
 
 What we add to txZMQ:
-  - frames are always C{[topic, body]}, sent with C{send_multipart};
+  - frames are always C{[topic, body]}, sent frame by frame without blocking;
   - reads drain in batches (the zmq FD is edge-triggered) and hand raw frames
-    to a callback, which checks them; txZMQ's own C{gotMessage} would raise on
-    a three-frame message;
+    to a callback, which checks them, one message at a time or (C{batch=True})
+    a list of messages per reactor turn; txZMQ's own C{gotMessage} would raise
+    on a three-frame message;
   - publishers are XPUB sockets, so they I{see} subscriptions arrive: this is
     how we beat the slow-joiner problem without a fixed sleep;
   - fedmsg's socket options, with C{high_water_mark = 0} meaning unlimited as
@@ -24,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping
 import zmq as _zmq
 from twisted.logger import Logger
 from txzmq import ZmqConnection, ZmqEndpoint, ZmqEndpointType, ZmqFactory
+from zmq.backend import Socket as _SocketBase
 
 log = Logger(namespace="fedmsg_twisted.zmq")
 
@@ -41,7 +43,15 @@ READ_BATCH = 256
 # Plain ints: pyzmq's enum flags cost a Flag object per call on the hot path.
 _NOBLOCK = int(_zmq.NOBLOCK)
 _MORE_NOBLOCK = int(_zmq.NOBLOCK | _zmq.SNDMORE)
-_RCVMORE = int(_zmq.RCVMORE)
+
+# The hot path calls pyzmq's backend socket methods (pyzmq's Socket is a
+# subclass): its Socket.send is a Python wrapper (routing ids, groups), and
+# getsockopt(RCVMORE) builds an enum per call, while recv(copy=False) returns
+# a Frame whose ``more`` the backend has already read.
+if issubclass(_zmq.Socket, _SocketBase):
+    _send, _recv = _SocketBase.send, _SocketBase.recv
+else:  # pragma: no cover - a pyzmq laid out differently
+    _send, _recv = _zmq.Socket.send, _zmq.Socket.recv
 
 _factory: ZmqFactory | None = None
 
@@ -91,17 +101,23 @@ def _options(config: Mapping[str, Any], *, linger: int, subscriber: bool) -> lis
 class _Socket(ZmqConnection):
     """
     A txZMQ connection that reads in batches and hands raw frames on.
+
+    With C{batch=True}, C{on_frames} gets a list of messages (each a list of
+    frames, in order) per read instead of one message per call.
     """
 
     def __init__(
         self,
         factory: ZmqFactory,
         socket_type: int,
-        on_frames: Callable[[list[bytes]], None],
+        on_frames: Callable[[list[bytes]], None] | Callable[[list[list[bytes]]], None],
         options: Iterable[tuple[int, int]] = (),
+        *,
+        batch: bool = False,
     ) -> None:
         self.socketType = socket_type
         self._on_frames = on_frames
+        self._batch = batch
         self._options = list(options)
         super().__init__(factory)
         for opt, value in self._options:
@@ -112,24 +128,55 @@ class _Socket(ZmqConnection):
             if not self.read_scheduled.called:
                 self.read_scheduled.cancel()
             self.read_scheduled = None
-        sock = self.socket
-        recv, more = sock.recv, sock.getsockopt
+        if self._batch:
+            self._read_batch()
+            return
+        sock, recv = self.socket, _recv
         on_frames = self._on_frames
         for _ in range(READ_BATCH):
             if self.factory is None:  # shut down by a callback
                 return
             try:
-                frames = [recv(_NOBLOCK)]
+                frame = recv(sock, _NOBLOCK, False)
             except _zmq.Again:
                 return
-            while more(_RCVMORE):
-                frames.append(recv(_NOBLOCK))
+            # zmq hands over a multipart message whole: the rest is there.
+            frames = [frame.bytes]
+            while frame.more:
+                frame = recv(sock, _NOBLOCK, False)
+                frames.append(frame.bytes)
             try:
                 on_frames(frames)
             except Exception:
                 log.failure("Unexpected error handling a zmq message on {sock!r}", sock=self)
         # More may be waiting and the edge-triggered FD will not tell us again.
         self._schedule_read()
+
+    def _read_batch(self) -> None:
+        if self.factory is None:
+            return
+        sock, recv = self.socket, _recv
+        batch: list[list[bytes]] = []
+        append = batch.append
+        drained = False
+        for _ in range(READ_BATCH):
+            try:
+                frame = recv(sock, _NOBLOCK, False)
+            except _zmq.Again:
+                drained = True
+                break
+            frames = [frame.bytes]
+            while frame.more:
+                frame = recv(sock, _NOBLOCK, False)
+                frames.append(frame.bytes)
+            append(frames)
+        if batch:
+            try:
+                self._on_frames(batch)
+            except Exception:
+                log.failure("Unexpected error handling zmq messages on {sock!r}", sock=self)
+        if not drained:
+            self._schedule_read()
 
     def _schedule_read(self) -> None:
         if self.read_scheduled is None and self.factory is not None:
@@ -141,20 +188,30 @@ class _Socket(ZmqConnection):
 
         @return: False if zmq refused it (high-water mark reached).
         """
-        try:
-            if len(frames) == 2:
-                # zmq takes a multipart message whole or not at all: once
-                # the first part is queued, the last one is too.
-                send = self.socket.send
-                send(frames[0], _MORE_NOBLOCK)
-                send(frames[1], _NOBLOCK)
-            else:
-                self.socket.send_multipart(frames, _NOBLOCK)
-        except _zmq.Again:
-            return False
+        return not self.send_many((frames,))
+
+    def send_many(self, messages: Iterable[list[bytes]]) -> int:
+        """
+        Send multipart messages in order without blocking.
+
+        @return: how many zmq refused (high-water mark reached).
+        """
+        sock, send = self.socket, _send
+        refused = 0
+        for frames in messages:
+            try:
+                if len(frames) == 2:
+                    # zmq takes a multipart message whole or not at all:
+                    # once the first part is queued, the last one is too.
+                    send(sock, frames[0], _MORE_NOBLOCK)
+                    send(sock, frames[1], _NOBLOCK)
+                else:
+                    sock.send_multipart(frames, _NOBLOCK)
+            except _zmq.Again:
+                refused += 1
         if self.read_scheduled is None:
             self._schedule_read()
-        return True
+        return refused
 
     def bound_address(self) -> str:
         return self.socket.getsockopt(_zmq.LAST_ENDPOINT).decode()
@@ -216,11 +273,13 @@ class SubSocket(_Socket):
     def __init__(
         self,
         factory: ZmqFactory,
-        on_frames: Callable[[list[bytes]], None],
+        on_frames: Callable[[list[bytes]], None] | Callable[[list[list[bytes]]], None],
         topics: Iterable[str] = ("",),
         options: Iterable[tuple[int, int]] = (),
+        *,
+        batch: bool = False,
     ) -> None:
-        super().__init__(factory, _zmq.SUB, on_frames, options)
+        super().__init__(factory, _zmq.SUB, on_frames, options, batch=batch)
         for t in topics:
             self.socket.setsockopt(_zmq.SUBSCRIBE, t.encode("utf-8"))
 
