@@ -233,19 +233,21 @@ def decode_body(
     """
     if max_size and len(body) > max_size:
         raise DecodeError("too-large", f"{len(body)} bytes > limit {max_size}")
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DecodeError("not-utf8", str(e)) from None
-    value = _fast_loads(text, body) if _orjson is not None else _NO_VALUE
+    # orjson checks UTF-8 as strictly as Python's codec, so the text is only
+    # needed when the standard library decides.
+    value = _fast_loads(body) if _orjson is not None else _NO_VALUE
     if value is _NO_VALUE:
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DecodeError("not-utf8", str(e)) from None
         try:
             value = json.loads(text)
         except ValueError as e:
             raise DecodeError("not-json", str(e)) from None
         except RecursionError:
             raise DecodeError("too-deep", "JSON nested deeper than the decoder's recursion limit") from None
-    if not isinstance(value, dict):
+    if type(value) is not dict:
         raise DecodeError("not-an-object", f"JSON {type(value).__name__}, not an object")
     return value
 
@@ -267,9 +269,9 @@ _LONG_DIGITS = b"0" * 19
 FAST_MAX_OPENERS = 256
 
 
-def _fast_loads(text: str, body: bytes) -> Any:
+def _fast_loads(body: bytes) -> Any:
     """
-    orjson's value for C{text}, or C{_NO_VALUE} when C{json.loads} must decide.
+    orjson's value for C{body}, or C{_NO_VALUE} when C{json.loads} must decide.
 
     orjson differs from C{json.loads} in what it refuses (NaN, Infinity,
     numbers that overflow to infinity, lone surrogate escapes, nesting of 1024
@@ -283,8 +285,8 @@ def _fast_loads(text: str, body: bytes) -> Any:
     if _LONG_DIGITS in scan or (len(body) > FAST_MAX_OPENERS and scan.count(b"{") > FAST_MAX_OPENERS):
         return _NO_VALUE
     try:
-        return _orjson.loads(text)
-    except _orjson.JSONDecodeError:
+        return _orjson.loads(body)
+    except _orjson.JSONDecodeError:  # also for bytes that are not UTF-8
         return _NO_VALUE
 
 

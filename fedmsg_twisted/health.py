@@ -212,12 +212,7 @@ class TrackedSubscriberService(SubscriberService):
         if key in self._sockets:
             return
         factory = self._factory or fzmq.shared_factory(self.config["io_threads"])
-        sock = fzmq.SubSocket(
-            factory,
-            lambda frames: self.frames_received(name, address, frames),
-            self.topics,
-            fzmq.subscriber_options(self.config),
-        )
+        sock = self._new_socket(name, address)
         inproc = f"inproc://fedmsg-twisted-monitor-{next(_monitor_ids)}"
 
         def on_event(frames: list[bytes]) -> None:

@@ -7,7 +7,7 @@ dropped message is never silent.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import defaultdict
 from typing import Iterator
 
 
@@ -17,7 +17,8 @@ class Counters:
     """
 
     def __init__(self) -> None:
-        self._counts: Counter[tuple[str, str]] = Counter()
+        # defaultdict(int): its += is cheaper than Counter's.
+        self._counts: defaultdict[tuple[str, str], int] = defaultdict(int)
 
     def incr(self, name: str, label: str = "", n: int = 1) -> None:
         # On the hot path of every message: keep it to one dict update.
@@ -28,7 +29,7 @@ class Counters:
         One counter, or with C{label=None} the sum over all its labels.
         """
         if label is not None:
-            return self._counts[(name, label)]
+            return self._counts.get((name, label), 0)  # reading creates nothing
         return sum(v for (n, _), v in self._counts.items() if n == name)
 
     def items(self) -> Iterator[tuple[str, str, int]]:

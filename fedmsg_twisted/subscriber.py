@@ -157,18 +157,26 @@ class SubscriberService(Service):
     def endpoints(self) -> dict[str, tuple[str, ...]]:
         return dict(self._endpoints)
 
-    def _connect(self, name: str, address: str) -> None:
+    def _new_socket(self, name: str, address: str) -> Any:
+        """
+        A SUB socket (not connected yet) that hands what it reads from
+        C{address} to L{frames_received}, subscribed to our topics plus the
+        relay heartbeats gap healing needs.
+        """
         from fedmsg_twisted import zmq as fzmq
 
-        if (name, address) in self._sockets:
-            return
-        factory = self._factory or fzmq.shared_factory(self.config["io_threads"])
-        sock = fzmq.SubSocket(
-            factory,
+        return fzmq.SubSocket(
+            self._factory or fzmq.shared_factory(self.config["io_threads"]),
             partial(self.frames_received, name, address),  # no Python frame of its own
             self._socket_topics,
             fzmq.subscriber_options(self.config),
         )
+
+    def _connect(self, name: str, address: str) -> None:
+
+        if (name, address) in self._sockets:
+            return
+        sock = self._new_socket(name, address)
         try:
             sock.connect(address)
         except Exception as e:

@@ -190,6 +190,19 @@ class HealTests(HealTestCase):
         await wait_for(lambda: len(got) == 6, what="live")
         self.assertEqual(logs(got), [2, 3, 4, 5, 6, 7])
 
+    async def test_tracked_subscriber_hears_heartbeats(self):
+        """
+        The hub's subscriber (with connection tracking) also subscribes to
+        relay heartbeats its topics do not cover, or it would never heal.
+        """
+        from fedmsg_twisted.health import TrackedSubscriberService
+
+        cfg = heal_config()
+        await self.relay(cfg)
+        sub = self.start(TrackedSubscriberService(cfg, lambda *a: None, ("org.fedoraproject.dev.x",)))
+        await wait_for(lambda: sub.counters.get("heartbeats") >= 2, what="heartbeats")
+        self.assertTrue(sub.healer.relays)
+
     async def test_heartbeat_topic(self):
         self.assertEqual(heartbeat_topic(heal_config()), "org.fedoraproject.dev.relay._heartbeat")
 

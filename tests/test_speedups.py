@@ -120,7 +120,7 @@ class FastDecodeMixin:
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 return  # not a possible body: decode_body refused it as not-utf8
-            fast = encoding._fast_loads(text, body)
+            fast = encoding._fast_loads(body)
             if fast is not encoding._NO_VALUE:
                 self.assertTrue(strict_same(json.loads(text), fast), text[:200])
 
@@ -191,6 +191,20 @@ class FastDecodeTests(FastDecodeMixin, unittest.TestCase):
             self.assertSameDecode(c)
             self.assertSameDecode('{"msg":' + c + "}")
             self.assertSameDecode('{"msg":[' + c + "]}")
+
+    def test_invalidUtf8(self) -> None:
+        """
+        Bodies that are not UTF-8 (overlong forms, surrogates, code points
+        beyond U+10FFFF, truncated or stray sequences, Latin-1) are refused
+        as not-utf8 whichever decoder looks first.
+        """
+        bad = [b"\xc0\xaf", b"\xe0\x80\xaf", b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xf4\x90\x80\x80",
+               b"\xf5\x80\x80\x80", b"\xf8\x88\x80\x80\x80", b"\xff", b"\xfe", b"\x80", b"\xbf",
+               b"\xc3", b"\xe2\x82", b"\xf0\x9f\x98", b"\xe9t\xe9", b"\xc3\x28"]
+        for seq in bad:
+            for body in (b'{"msg":"' + seq + b'"}', b'{"msg":1,"' + seq + b'":2}', b'{"msg":1}' + seq):
+                self.assertEqual(reference_decode_body(body), ("error", "not-utf8"), body)
+                self.assertEqual(actual_decode_body(body), ("error", "not-utf8"), body)
 
     def test_bigIntegersStayIntegers(self) -> None:
         """
