@@ -592,6 +592,9 @@ class _CertInfo:
     not_after: float = 0.0
     public_key: Any = None
     is_rsa: bool = False
+    #: The (immutable) verdict for a good message from this certificate,
+    #: made once instead of per message.
+    valid: Verdict | None = None
     chain_generation: int = -1
     chain_result: tuple[str, str] | None = None
 
@@ -749,4 +752,6 @@ class X509Validator:
         )
         if why is not None:
             return Verdict.invalid(POLICY, why, signer)
-        return Verdict.valid(signer)
+        if info.valid is None:
+            info.valid = Verdict.valid(signer)
+        return info.valid
