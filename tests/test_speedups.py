@@ -101,6 +101,29 @@ def actual_decode_body(body: bytes):
         return ("error", e.reason)
 
 
+def reference_parse_frames(topic: bytes, body: bytes):
+    """
+    parse_frames' rules on top of the stdlib-only reference decode.
+    """
+    status, value = reference_decode_body(body)
+    if status == "error":
+        return (status, value)
+    if not isinstance(value, dict):
+        return ("error", "not-an-object")
+    if "msg" not in value:
+        return ("error", "not-an-envelope")
+    if value.get("topic", topic.decode()) != topic.decode():
+        return ("error", "topic-mismatch")
+    return ("ok", value)
+
+
+def actual_parse_frames(topic: bytes, body: bytes):
+    try:
+        return ("ok", encoding.parse_frames([topic, body])[1])
+    except encoding.DecodeError as e:
+        return ("error", e.reason)
+
+
 class FastDecodeMixin:
     def assertSameDecode(self, text: str) -> None:
         """
@@ -115,6 +138,15 @@ class FastDecodeMixin:
             self.assertTrue(strict_same(expected[1], actual[1]), f"{text[:200]!r}: {expected[1]!r} vs {actual[1]!r}")
         else:
             self.assertEqual(expected[1], actual[1])
+        # parse_frames takes the fast path on its own.
+        for topic in (b"t", b"org.x.dev.y"):
+            expected = reference_parse_frames(topic, body)
+            actual = actual_parse_frames(topic, body)
+            self.assertEqual(expected[0], actual[0], f"{text[:200]!r}: {expected} vs {actual}")
+            if expected[0] == "ok":
+                self.assertTrue(strict_same(expected[1], actual[1]), text[:200])
+            else:
+                self.assertEqual(expected[1], actual[1], text[:200])
         if encoding._orjson is not None:
             try:
                 text.encode("utf-8")
