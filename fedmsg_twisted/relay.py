@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_relay -*-
+# -*- test-case-name: tests.test_bus,tests.test_fastcheck -*-
 """
 The relay: many publishers in, one stream out.
 
