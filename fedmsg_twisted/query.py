@@ -59,13 +59,17 @@ MAX_OFFSET = 1_000_000
 MAX_VALUES = 50
 
 
-#: C{by=} names for statistics, and the column each counts.
+#: C{by=} names for statistics counted from a column of the archive.
 STATS_COLUMNS: Mapping[str, str] = {
     "category": "category",
     "topic": "topic",
-    "user": "agent",
+    "agent": "agent",
     "username": "username",
 }
+#: C{by=} names counted from the user/package tags, the index C{/raw?user=}
+#: and C{?package=} search (a message counts once for each of its tags).
+STATS_TAGS: Mapping[str, str] = {"user": "user", "package": "package"}
+STATS_BY = (*STATS_COLUMNS, *STATS_TAGS)
 
 
 class QueryError(ValueError):
@@ -284,8 +288,8 @@ def parse_stats(args: Mapping[bytes, Sequence[bytes]]) -> StatsQuery:
     if window is not None and window > MAX_WINDOW:
         raise QueryError("window", f"must be at most {MAX_WINDOW} seconds")
     by = param_one(args, "by") or "category"
-    if by not in STATS_COLUMNS:
-        raise QueryError("by", f"{by[:40]!r} is not one of {', '.join(STATS_COLUMNS)}")
+    if by not in STATS_BY:
+        raise QueryError("by", f"{by[:40]!r} is not one of {', '.join(STATS_BY)}")
     return StatsQuery(
         window=window if window is not None else 3600.0,
         by=by,
@@ -519,7 +523,9 @@ def stats(archive: Any, q: StatsQuery, now: float, timeout: float = DEFAULT_TIME
         C{limit}, a missing value as C{null}), C{bucket} (seconds) and
         C{series} (C{buckets} totals, oldest first).
     """
-    column = STATS_COLUMNS[q.by]
+    kind = STATS_TAGS.get(q.by)
+    if kind is not None and not getattr(archive, "has_tags", True):
+        raise QueryError("by", "this archive has no user/package index (a read-only archive of schema version 1)")
     start = now - q.window
     width = q.window / q.buckets
     backend = archive._backend.name
@@ -530,11 +536,21 @@ def stats(archive: Any, q: StatsQuery, now: float, timeout: float = DEFAULT_TIME
 
     def work(execute: Callable[..., Any]) -> dict[str, Any]:
         rng = "received >= ? AND received <= ?"
-        counts = execute(
-            f"SELECT {column}, count(*) AS n FROM fedmsg_archive WHERE {rng}"
-            f" GROUP BY {column} ORDER BY n DESC, {column} LIMIT ?",
-            [start, now, q.limit],
-        ).fetchall()
+        if kind is None:
+            column = STATS_COLUMNS[q.by]
+            counts = execute(
+                f"SELECT {column}, count(*) AS n FROM fedmsg_archive WHERE {rng}"
+                f" GROUP BY {column} ORDER BY n DESC, {column} LIMIT ?",
+                [start, now, q.limit],
+            ).fetchall()
+        else:
+            counts = execute(
+                "SELECT t.value, count(*) AS n FROM fedmsg_archive_tags t"
+                " JOIN fedmsg_archive a ON a.seq_id = t.seq_id"
+                " WHERE t.kind = ? AND a.received >= ? AND a.received <= ?"
+                " GROUP BY t.value ORDER BY n DESC, t.value LIMIT ?",
+                [kind, start, now, q.limit],
+            ).fetchall()
         series = [0] * q.buckets
         total = 0
         for b, n in execute(

@@ -438,10 +438,44 @@ class StatsTests(WebTestCase):
         self.assertEqual(len(got["series"]), 10)
         self.assertEqual(sum(got["series"]), 6)
         self.assertEqual(got["bucket"], 360.0)
-        users = await self.get_json("/stats?by=user")
-        self.assertEqual({c["key"]: c["count"] for c in users["counts"]}, {"ralph": 2, "pingou": 1, None: 3})
+        agents = await self.get_json("/stats?by=agent")
+        self.assertEqual({c["key"]: c["count"] for c in agents["counts"]}, {"ralph": 2, "pingou": 1, None: 3})
+        await self.assertStatsMatchFilter("user")
         topics = await self.get_json("/stats?by=topic&limit=1")
         self.assertEqual(topics["counts"], [{"key": "org.fedoraproject.dev.logger.log", "count": 3}])
+
+    async def assertStatsMatchFilter(self, by: str) -> list:
+        """
+        /stats?by=user (or package) counts the tags /raw?user= searches:
+        every count is what that filter finds.
+        """
+        got = await self.get_json(f"/stats?by={by}")
+        self.assertTrue(got["counts"], by)
+        for c in got["counts"]:
+            found = await self.get_json(f"/raw?{by}={c['key']}")
+            self.assertEqual(c["count"], found["total"], (by, c))
+        return got["counts"]
+
+    async def test_counts_by_user_and_package(self):
+        """
+        Users and packages are counted from what the text layer names (a
+        message once for each), not from words elsewhere in the body.
+        """
+        await self.bus()
+        pre = "org.fedoraproject.dev."
+        await self.send(pre + "debbugs.bug.report", {"bug": 1234, "source": "nethack", "package": "nethack-x11",
+                                                      "title": "crashes", "sender": "Jane <jane@example.org>"}, "jane")
+        await self.send(pre + "dak.upload.accepted", {"source": "kernel", "version": "6.1-1", "distribution": "unstable",
+                                                       "changed_by": "Ralph <ralph@example.org>"}, "ralph")
+        await self.send(pre + "dak.upload.accepted", {"source": "kernel", "version": "6.1-2", "distribution": "unstable",
+                                                       "changed_by": "Ralph <ralph@example.org>"}, "ralph")
+        await self.send(pre + "logger.log", {"log": "nethack", "packages": ["nethack"]}, "pingou")
+        await self.stored()
+        packages = await self.assertStatsMatchFilter("package")
+        self.assertEqual(packages, [{"key": "kernel", "count": 2}, {"key": "nethack", "count": 1}])
+        await self.assertStatsMatchFilter("user")
+        got = await self.get_json("/stats?by=package&limit=1")
+        self.assertEqual((got["total"], got["counts"]), (4, [{"key": "kernel", "count": 2}]))
 
     async def test_windows(self):
         # An archive on a clock we move: messages received at known times.

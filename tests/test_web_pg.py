@@ -33,7 +33,9 @@ class PGRawTests(_OnPostgres):
 
 class PGStatsTests(_OnPostgres):
     test_counts_by = _web.StatsTests.test_counts_by
+    test_counts_by_user_and_package = _web.StatsTests.test_counts_by_user_and_package
     test_windows = _web.StatsTests.test_windows
+    assertStatsMatchFilter = _web.StatsTests.assertStatsMatchFilter
 
 
 class PGEventTests(_OnPostgres):
