@@ -379,6 +379,41 @@ def setup(args):
 
     print("bench: checking the real fedmsg 1.1.7 venv (tests/fedmsgpeer.py)...", file=sys.stderr)
     PEER_PY = ensure_peer()
+    if args.install and any(v is None for v in fast_paths().values()):
+        # Measure what an installation with the speed extra runs (README).
+        reqs = speed_extra()
+        print(f"bench: installing the speed extra ({', '.join(reqs)}) into {sys.prefix}...", file=sys.stderr)
+        subprocess.check_call([PY, "-m", "pip", "install", "-q", *reqs])
+
+
+def speed_extra():
+    """
+    The requirements of our C{speed} extra, as installed metadata says (the
+    constants are its current value, for a checkout used without install).
+    """
+    import importlib.metadata
+
+    try:
+        reqs = importlib.metadata.requires("fedmsg-twisted") or []
+    except importlib.metadata.PackageNotFoundError:
+        reqs = []
+    found = [r.split(";")[0].strip() for r in reqs if "extra == \"speed\"" in r]
+    return found or ["orjson>=3.9", "pysimdjson>=6"]
+
+
+def fast_paths():
+    """
+    The optional accelerators the workers will import, and their versions
+    (None: not installed, so the standard library's paths are measured).
+    """
+    out = subprocess.run(
+        [PY, "-c", "import importlib.metadata as m\n"
+                   "for d in ('orjson', 'pysimdjson'):\n"
+                   "    try: print(d, m.version(d))\n"
+                   "    except m.PackageNotFoundError: print(d, '-')"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    return {name: (None if v == "-" else v) for name, v in zip(out[::2], out[1::2])}
 
 
 def write_peer_config(name, extra):
@@ -903,8 +938,9 @@ def machine():
         pass
     import zmq
 
+    speed = ", ".join(f"{k} {v or 'NOT INSTALLED (stdlib paths)'}" for k, v in fast_paths().items())
     return (f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, "
-            f"Python {platform.python_version()}, pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}")
+            f"Python {platform.python_version()}, pyzmq {zmq.__version__}, libzmq {zmq.zmq_version()}, {speed}")
 
 
 def loadavg():
@@ -935,6 +971,8 @@ def main(argv=None):
     p.add_argument("--scale", type=float, help="multiply message counts (default 1; 0.01 with --quick)")
     p.add_argument("--profile", action="store_true", help="also cProfile relay and subscriber into bench/profiles/")
     p.add_argument("--json", help="write raw numbers to this file")
+    p.add_argument("--no-install", dest="install", action="store_false",
+                   help="do not install the speed extra (orjson, pysimdjson) when missing: measure what is there")
     p.add_argument("--update-docs", action="store_true",
                    help="write the table into docs/performance.rst (between its TABLE markers)")
     args = p.parse_args(argv)
