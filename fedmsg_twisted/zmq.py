@@ -128,55 +128,48 @@ class _Socket(ZmqConnection):
             if not self.read_scheduled.called:
                 self.read_scheduled.cancel()
             self.read_scheduled = None
-        if self._batch:
-            self._read_batch()
+        if self.factory is None:  # closed
             return
-        sock, recv = self.socket, _recv
+        messages, drained = self._read_messages()
         on_frames = self._on_frames
+        if self._batch:
+            if messages:
+                try:
+                    on_frames(messages)
+                except Exception:
+                    log.failure("Unexpected error handling zmq messages on {sock!r}", sock=self)
+        else:
+            for frames in messages:
+                if self.factory is None:  # shut down by a callback
+                    return
+                try:
+                    on_frames(frames)
+                except Exception:
+                    log.failure("Unexpected error handling a zmq message on {sock!r}", sock=self)
+        if not drained:
+            # More may be waiting and the edge-triggered FD will not tell us again.
+            self._schedule_read()
+
+    def _read_messages(self) -> tuple[list[list[bytes]], bool]:
+        """
+        Up to L{READ_BATCH} waiting messages, and whether that emptied the
+        socket.
+        """
+        sock, recv = self.socket, _recv
+        messages: list[list[bytes]] = []
+        append = messages.append
         for _ in range(READ_BATCH):
-            if self.factory is None:  # shut down by a callback
-                return
             try:
                 frame = recv(sock, _NOBLOCK, False)
             except _zmq.Again:
-                return
+                return messages, True
             # zmq hands over a multipart message whole: the rest is there.
             frames = [frame.bytes]
             while frame.more:
                 frame = recv(sock, _NOBLOCK, False)
                 frames.append(frame.bytes)
-            try:
-                on_frames(frames)
-            except Exception:
-                log.failure("Unexpected error handling a zmq message on {sock!r}", sock=self)
-        # More may be waiting and the edge-triggered FD will not tell us again.
-        self._schedule_read()
-
-    def _read_batch(self) -> None:
-        if self.factory is None:
-            return
-        sock, recv = self.socket, _recv
-        batch: list[list[bytes]] = []
-        append = batch.append
-        drained = False
-        for _ in range(READ_BATCH):
-            try:
-                frame = recv(sock, _NOBLOCK, False)
-            except _zmq.Again:
-                drained = True
-                break
-            frames = [frame.bytes]
-            while frame.more:
-                frame = recv(sock, _NOBLOCK, False)
-                frames.append(frame.bytes)
             append(frames)
-        if batch:
-            try:
-                self._on_frames(batch)
-            except Exception:
-                log.failure("Unexpected error handling zmq messages on {sock!r}", sock=self)
-        if not drained:
-            self._schedule_read()
+        return messages, False
 
     def _schedule_read(self) -> None:
         if self.read_scheduled is None and self.factory is not None:
