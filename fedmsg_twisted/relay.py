@@ -165,14 +165,17 @@ class RelayService(Service):
             self._forward_checked(ok)
 
     def _forward_checked(self, messages: list[list[bytes]]) -> None:
-        # Checked messages, no sink, no validation: what _parse and _forward
-        # would count for each, counted once.
-        n = len(messages)
-        self.counters.incr("received", "zmq", n)
+        # Checked messages, no sink, no validation, a running outbound
+        # socket (_inbound_batch made sure): what _parse and _forward would
+        # count for each, counted once.
+        self.counters.incr("received", "zmq", len(messages))
         self.last_message_at = self._reactor.seconds()
-        if self._out is None:
-            self.counters.incr("dropped", "stopped", n)
-            return
+        self._send(messages)
+
+    def _send(self, messages: list[list[bytes]]) -> None:
+        # Out they go, counted as forwarded or dropped at the high-water mark.
+        assert self._out is not None
+        n = len(messages)
         refused = self._out.send_many(messages)
         if refused < n:
             self.counters.incr("forwarded", n=n - refused)
@@ -257,10 +260,7 @@ class RelayService(Service):
         if self._out is None:
             self.counters.incr("dropped", "stopped")
             return envelope
-        if self._out.send_frames(frames):
-            self.counters.incr("forwarded")
-        else:
-            self.counters.incr("dropped", "high-water-mark")
+        self._send([frames])
         for sink in self._sinks:
             try:
                 sink(topic, frames[1], envelope)
