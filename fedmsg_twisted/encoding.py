@@ -92,11 +92,7 @@ def dumps(obj: Any) -> str:
     """
     Encode C{obj} as fedmsg's canonical JSON text (the form that is signed).
     """
-    if _orjson is not None and type(obj) in _CONTAINERS:
-        fast = _fast_dumps(obj)
-        if fast is not None:
-            return fast.decode("ascii")
-    return _encoder.encode(obj)
+    return dumps_bytes(obj).decode("ascii")
 
 
 def dumps_bytes(obj: Any) -> bytes:
@@ -314,14 +310,7 @@ def parse_frames(
         topic = raw_topic.decode("utf-8")
     except UnicodeDecodeError as e:
         raise DecodeError("not-utf8", f"topic frame: {e}") from None
-    if _orjson is None or (max_size and len(body) > max_size):
-        envelope = decode_body(body, max_size)
-    else:
-        # decode_body's fast path, one call shorter (this runs for every
-        # message); anything but an object goes to decode_body, which decides.
-        envelope = _fast_loads(body)
-        if type(envelope) is not dict:
-            envelope = decode_body(body, max_size)
+    envelope = decode_body(body, max_size)
     if "msg" not in envelope:
         raise DecodeError("not-an-envelope", "no 'msg' field")
     env_topic = envelope.get("topic", topic)

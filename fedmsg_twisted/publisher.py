@@ -369,11 +369,7 @@ class PublisherService(Service):
             envelope["seq_id"] = self._next_seq
             self._next_seq += 1
         if self.signer is None:
-            try:
-                body = encoding.dumps_bytes(envelope)
-            except (TypeError, ValueError) as e:
-                return defer.fail(PublishError(f"message is not JSON-serialisable: {e}"))
-            return self._send_encoded(envelope, body)
+            return self.publish_envelope(envelope)
         sign_encoded = getattr(self.signer, "sign_encoded", None)
         if sign_encoded is not None:
             # x509: sign and get the wire body from one canonical encoding.

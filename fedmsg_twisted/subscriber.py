@@ -173,7 +173,6 @@ class SubscriberService(Service):
         )
 
     def _connect(self, name: str, address: str) -> None:
-
         if (name, address) in self._sockets:
             return
         sock = self._new_socket(name, address)
@@ -202,33 +201,27 @@ class SubscriberService(Service):
         try:
             return encoding.parse_frames(frames, self._max_size)
         except encoding.DecodeError as e:
-            self._malformed(name, endpoint, e, counters)
+            counters.incr("dropped", e.reason)
+            log.warn(
+                "Dropped a malformed message from {name} {endpoint}: {reason} ({detail})",
+                name=name,
+                endpoint=endpoint,
+                reason=e.reason,
+                detail=e.detail[:200],
+            )
             return None
-
-    def _malformed(self, name: str, endpoint: str, e: encoding.DecodeError, counters: Counters) -> None:
-        counters.incr("dropped", e.reason)
-        log.warn(
-            "Dropped a malformed message from {name} {endpoint}: {reason} ({detail})",
-            name=name,
-            endpoint=endpoint,
-            reason=e.reason,
-            detail=e.detail[:200],
-        )
 
     def frames_received(self, name: str, endpoint: str, frames: list[bytes]) -> None:
         """
         Check one raw zmq message and deliver it.  Never raises.
 
         This runs for every message: what it needs is read once in
-        C{__init__}, L{check_frames} is inline, healing is one call
-        (L{heal.Healer.live}).
+        C{__init__}, healing is one call (L{heal.Healer.live}).
         """
-        self.counters.incr("received")
-        try:
-            topic, envelope = encoding.parse_frames(frames, self._max_size)
-        except encoding.DecodeError as e:
-            self._malformed(name, endpoint, e, self.counters)
+        checked = self.check_frames(name, endpoint, frames)
+        if checked is None:
             return
+        topic, envelope = checked
         if topic.endswith(_HEARTBEAT_SUFFIX):  # heal.is_heartbeat, inline
             # The relay's own signal, never the application's.
             self.counters.incr("heartbeats")
