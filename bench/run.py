@@ -14,6 +14,7 @@ messages.  Speed is reported, never asserted.  See docs/performance.rst.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -929,7 +930,11 @@ SCENARIOS = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def machine():
+    """
+    What the numbers were measured on (after setup() installed what it may).
+    """
     cpu = "?"
     try:
         with open("/proc/cpuinfo") as f:
