@@ -239,6 +239,17 @@ def _tag_ddl(seq_type: str) -> list[str]:
     ]
 
 
+def _check_schema_version(row: Any, where: str) -> None:
+    """
+    Refuse an archive whose C{schema_version} row (or its absence) is not
+    one this code knows.
+    """
+    if row is None or row[0] not in _KNOWN_VERSIONS:
+        raise ArchiveError(
+            f"{where}: archive schema version {row and row[0]!r} is not {' or '.join(_KNOWN_VERSIONS)}"
+        )
+
+
 def _bounded_tags(values: Any) -> list[str]:
     """
     What a processor returned as at most L{MAX_TAGS} clean, sorted strings.
@@ -401,11 +412,7 @@ class _SQLite(_Backend):
             ).fetchone()
         except sqlite3.DatabaseError as e:
             raise ArchiveError(f"{self.path}: not a usable SQLite archive: {e}") from None
-        if row is None or row[0] not in _KNOWN_VERSIONS:
-            raise ArchiveError(
-                f"{self.path}: archive schema version {row and row[0]!r} is not "
-                f"{' or '.join(_KNOWN_VERSIONS)}"
-            )
+        _check_schema_version(row, self.path)
 
     def begin(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -477,11 +484,7 @@ class _Postgres(_Backend):
             ).fetchone()
         except psycopg.Error as e:
             raise ArchiveError(f"{self.describe()}: cannot create the archive tables: {e}") from None
-        if row is None or row[0] not in _KNOWN_VERSIONS:
-            raise ArchiveError(
-                f"{self.describe()}: archive schema version {row and row[0]!r} is not "
-                f"{' or '.join(_KNOWN_VERSIONS)}"
-            )
+        _check_schema_version(row, self.describe())
         return True
 
     def in_clause(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:

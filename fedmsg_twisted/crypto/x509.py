@@ -559,22 +559,20 @@ class TrustStore:
         return self._agent.request(b"GET", url.encode("ascii")).addCallback(check)
 
     def fetch_ca(self) -> defer.Deferred:
-        url = self.ca_location
-        assert url is not None
-        d = self._get(url)
-        d.addCallbacks(
-            lambda data: self.accept_ca(data, url) and None,
-            lambda f: self._ca_failed(f"cannot fetch CA {url}: {f.getErrorMessage()}"),
-        )
-        return d
+        assert self.ca_location is not None
+        return self._fetch(self.ca_location, "CA", self.accept_ca, self._ca_failed)
 
     def fetch_crl(self) -> defer.Deferred:
-        url = self.crl_location
-        assert url is not None
+        assert self.crl_location is not None
+        return self._fetch(self.crl_location, "CRL", self.accept_crl, self._crl_failed)
+
+    def _fetch(
+        self, url: str, what: str, accept: Callable[[bytes, str], Any], failed: Callable[[str], None]
+    ) -> defer.Deferred:
         d = self._get(url)
         d.addCallbacks(
-            lambda data: self.accept_crl(data, url) and None,
-            lambda f: self._crl_failed(f"cannot fetch CRL {url}: {f.getErrorMessage()}"),
+            lambda data: accept(data, url) and None,
+            lambda f: failed(f"cannot fetch {what} {url}: {f.getErrorMessage()}"),
         )
         return d
 
